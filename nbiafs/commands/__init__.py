@@ -1,0 +1,1 @@
+"""One module per ``nbiafs`` subcommand; each exposes ``register(subparsers)``."""
