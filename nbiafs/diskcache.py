@@ -1,0 +1,651 @@
+"""The LRU-by-bytes disk cache of DICOM instances, shared safely by several mounts (processes) at once.
+
+Layout of a cache directory (dirs 0700, files 0600)::
+
+    index.sqlite3[-wal,-shm]   the index: one row per entry (size, last access, hits) and the counters
+    data/<xx>/<name>.dcm       the instances; <xx> = first two hex digits of sha256(key)
+    data/<xx>/<name>.dcm.<random>.part    a download in progress (never under the final name)
+    locks/<name>.dcm.lock      per-key flock held while one process downloads that key
+
+``<name>`` is the key percent-escaped (SOPInstanceUIDs are dotted digits and pass unchanged); a name longer
+than 200 characters becomes ``%h<sha256>``, which the escaping can never produce.
+
+Concurrency: one download per key at a time, threads of one process wait for the leader's result (single
+flight), and processes serialise on the key's lock file. Every change to ``data/`` (rename in, evict, clear)
+happens inside an ``BEGIN IMMEDIATE`` transaction on the index, so sqlite's write lock orders them across
+processes and the index and the files agree.
+
+Hot path: :meth:`InstanceCache.get` and :meth:`InstanceCache.peek` do one ``stat`` (the file name follows
+from the key) and never touch sqlite. ``get`` records the access in memory; the recorded access times and hit
+counts are written to the index in one transaction at most every ``flush_interval`` seconds (and before every
+eviction, in :meth:`info` and :meth:`close`), because writing the index on every open of a busy mount would
+serialise all FUSE threads on sqlite's write lock. So another process sees this one's recent accesses up to
+``flush_interval`` late, and a process killed without :meth:`close` loses that many seconds of access times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from errno import EIO
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+from urllib.parse import quote, unquote
+
+from nbiafs.errors import ConfigError, NbiaError, RequestTimeoutError
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite3"
+DATA_DIR = "data"
+LOCK_DIR = "locks"
+SUFFIX = ".dcm"
+PART_SUFFIX = ".part"
+LOCK_SUFFIX = ".lock"
+MAX_NAME = 200
+SCHEMA_VERSION = 1
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class CacheError(NbiaError):
+    """The cache directory could not be read or written (disk full, permissions); ``errno`` as in OSError."""
+
+    def __init__(self, message: str, *, errno_value: int = EIO) -> None:
+        super().__init__(message)
+        self.errno = errno_value
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """A snapshot of a cache: sizes in bytes; ``max_bytes`` is None if no bound was ever recorded."""
+
+    directory: Path
+    max_bytes: int | None
+    total_bytes: int
+    entries: int
+    hits: int
+    misses: int
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional K/M/G/T suffix (binary multiples).
+
+    "20G", "20GiB", "20gb", "1.5T", "4096" are accepted. Raises ConfigError for anything else, or for zero.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (expected e.g. 500M, 20G or a number of bytes)")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if value <= 0:
+        raise ConfigError(f"size must be positive: {text!r}")
+    return value
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes in binary units for humans, e.g. ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nbiafs`` or ``~/.cache/nbiafs`` (a relative XDG_CACHE_HOME is ignored, per XDG)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "nbiafs"
+
+
+def entry_name(key: str) -> str:
+    """The file name of ``key``'s entry (no directory): escaped, reversible by :func:`key_from_name`."""
+    escaped = quote(key, safe="")
+    if not escaped or len(escaped) > MAX_NAME:
+        escaped = "%h" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return escaped + SUFFIX
+
+
+def key_from_name(name: str) -> str | None:
+    """The key of entry file ``name``, or None if it is not reversible (a hashed long key) or not an entry."""
+    if not name.endswith(SUFFIX) or name.startswith("%h"):
+        return None
+    return unquote(name[: -len(SUFFIX)], errors="surrogatepass")
+
+
+def _shard(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:2]
+
+
+class _Flight:
+    """One in-process download that other threads asking for the same key wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.path: Path | None = None
+        self.error: BaseException | None = None
+
+
+class InstanceCache:
+    """LRU-by-bytes cache of immutable files keyed by SOPInstanceUID, safe for many threads and processes.
+
+    ``max_bytes`` is the bound this process enforces after each of its fetches (None: no eviction, for
+    inspecting a cache; the last bound a process set is recorded in the index and shown by :meth:`info`).
+    ``wait_timeout`` is how long (seconds) a fetch waits for another thread's or process's download of the
+    same key before giving up with RequestTimeoutError. Raises ConfigError if the directory cannot be set up.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int | None,
+        *,
+        wait_timeout: float = 900.0,
+        flush_interval: float = 1.0,
+    ) -> None:
+        self.directory = Path(directory).expanduser().absolute()
+        self.max_bytes = max_bytes
+        self._wait_timeout = wait_timeout
+        self._flush_interval = flush_interval
+        self._data = self.directory / DATA_DIR
+        self._locks = self.directory / LOCK_DIR
+        self._db_lock = threading.Lock()  # one sqlite connection, used by one thread at a time
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending_atime: dict[str, float] = {}
+        self._pending_hits: dict[str, int] = {}
+        self._pending_total_hits = 0
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        try:
+            self._make_dirs()
+            self._conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot use cache directory {self.directory}: {exc}") from exc
+        if max_bytes is not None:
+            with self._transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('max_bytes', ?)", (max_bytes,))
+        self.reconcile()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+
+    def _make_dirs(self) -> None:
+        for path in (self.directory, self._data, self._locks):
+            try:
+                path.mkdir(mode=0o700, parents=path is self.directory)
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+    def _connect(self) -> sqlite3.Connection:
+        index = self.directory / INDEX_NAME
+        # Create the file ourselves so it is 0600; sqlite gives its -wal and -shm files the same mode.
+        os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(index, timeout=60.0, isolation_level=None, check_same_thread=False)
+        deadline = time.monotonic() + 60.0
+        while True:
+            # Switching to WAL can answer SQLITE_BUSY without calling the busy handler while another process
+            # is creating the database, so retry by hand.
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = conn
+        with self._transaction() as c:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+                " atime REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL)"
+            )
+            c.execute("CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime)")
+            c.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
+            c.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('hits', 0), ('misses', 0)")
+            c.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: holds this process's connection and sqlite's write lock (across processes)."""
+        with self._db_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Write pending access times and hits to the index and close it. The files stay."""
+        if self._closed:
+            return
+        with self._pending_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.flush()
+        with self._db_lock:
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> InstanceCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ hot path
+
+    def path_for(self, key: str) -> Path:
+        """Where ``key``'s entry lives when cached (whether or not it is)."""
+        return self._data / _shard(key) / entry_name(key)
+
+    def peek(self, key: str) -> int | None:
+        """Size in bytes of ``key``'s entry if cached, else None. Touches nothing, counts nothing."""
+        try:
+            st = os.stat(self.path_for(key))
+        except OSError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def get(self, key: str) -> Path | None:
+        """The cached file of ``key`` (its access time updated, a hit counted), or None (nothing counted).
+
+        The path stays valid until an eviction or clear removes it (a file already opened stays readable).
+        """
+        path = self.path_for(key)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        self._touch(key)
+        return path
+
+    def _touch(self, key: str) -> None:
+        with self._pending_lock:
+            self._pending_atime[key] = time.time()
+            self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
+            self._pending_total_hits += 1
+            if self._timer is None and not self._closed:
+                self._timer = threading.Timer(self._flush_interval, self._timer_flush)
+                self._timer.daemon = True
+                self._timer.name = "nbiafs-cache-flush"
+                self._timer.start()
+
+    def _timer_flush(self) -> None:
+        with self._pending_lock:
+            self._timer = None
+        try:
+            self.flush()
+        except Exception:  # a background thread has nobody to raise to
+            log.warning("could not write cache access times to %s", self.directory, exc_info=True)
+
+    def flush(self) -> None:
+        """Write the access times and hits recorded in memory since the last flush to the index."""
+        with self._pending_lock:
+            if not self._pending_atime and not self._pending_total_hits:
+                return
+            atimes, hits, total = self._pending_atime, self._pending_hits, self._pending_total_hits
+            self._pending_atime, self._pending_hits, self._pending_total_hits = {}, {}, 0
+        if self._closed:
+            return
+        try:
+            with self._transaction() as conn:
+                self._apply_touches(conn, atimes, hits, total)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot update cache index in {self.directory}: {exc}") from exc
+
+    def _apply_touches(
+        self, conn: sqlite3.Connection, atimes: dict[str, float], hits: dict[str, int], total: int
+    ) -> None:
+        for key, atime in atimes.items():
+            cur = conn.execute(
+                "UPDATE entries SET atime = max(atime, ?), hits = hits + ? WHERE key = ?",
+                (atime, hits.get(key, 0), key),
+            )
+            if cur.rowcount == 0:
+                # A file the index does not know (a process died between rename and commit): adopt it.
+                size = self.peek(key)
+                if size is not None:
+                    conn.execute(
+                        "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, ?, ?)",
+                        (key, size, atime, hits.get(key, 0), atime),
+                    )
+        conn.execute("UPDATE meta SET value = value + ? WHERE name = 'hits'", (total,))
+
+    def _take_pending(self) -> tuple[dict[str, float], dict[str, int], int]:
+        with self._pending_lock:
+            taken = self._pending_atime, self._pending_hits, self._pending_total_hits
+            self._pending_atime, self._pending_hits, self._pending_total_hits = {}, {}, 0
+        return taken
+
+    # --------------------------------------------------------------------------------------------- fetch
+
+    def fetch(self, key: str, download: Callable[[BinaryIO], int]) -> Path:
+        """The cached file of ``key``, calling ``download(out)`` to write it first if it is not cached.
+
+        One download per key at a time across threads and processes; the others wait (at most
+        ``wait_timeout`` seconds, then RequestTimeoutError) and share its result or its error. Whatever
+        ``download`` raises is raised unchanged (an OSError, e.g. from writing to ``out``, as CacheError) and
+        leaves no file behind; CacheError if the disk fails.
+        Afterwards least recently used entries are evicted until the cache is within ``max_bytes``, except
+        that an entry larger than ``max_bytes`` on its own is kept (alone) until the next fetch evicts it, so
+        the caller can open it.
+        """
+        path = self.get(key)
+        if path is not None:
+            return path
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(self._wait_timeout):
+                raise RequestTimeoutError(f"timed out waiting for another thread's download of {key}")
+            if flight.error is not None:
+                raise flight.error
+            assert flight.path is not None
+            self._touch(key)
+            return flight.path
+        try:
+            flight.path = self._fetch_as_leader(key, download)
+            return flight.path
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                del self._flights[key]
+
+    def _fetch_as_leader(self, key: str, download: Callable[[BinaryIO], int]) -> Path:
+        final = self.path_for(key)
+        name = final.name
+        try:
+            lock_fd = self._lock_key(name)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot lock {name} in {self._locks}: {exc}", errno_value=exc.errno or EIO
+            ) from exc
+        try:
+            if os.path.isfile(final):  # another process downloaded it while we waited for the lock
+                self._touch(key)
+                return final
+            try:
+                final.parent.mkdir(mode=0o700, exist_ok=True)
+                self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
+                fd, tmp_name = tempfile.mkstemp(prefix=name + ".", suffix=PART_SUFFIX, dir=final.parent)
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot write to {final.parent}: {exc}", errno_value=exc.errno or EIO
+                ) from exc
+            tmp = Path(tmp_name)
+            done = False
+            try:
+                out = os.fdopen(fd, "wb")
+                try:
+                    written = download(out)  # whatever it raises goes to the caller unchanged
+                    out.flush()
+                    os.fsync(out.fileno())
+                    size = os.fstat(out.fileno()).st_size
+                    out.close()
+                except OSError as exc:
+                    raise CacheError(f"cannot write {tmp}: {exc}", errno_value=exc.errno or EIO) from exc
+                finally:
+                    with contextlib.suppress(OSError):
+                        out.close()
+                if written != size:
+                    log.warning("download of %s reported %d bytes but wrote %d", key, written, size)
+                try:
+                    self._commit(key, tmp, final, size)
+                except OSError as exc:
+                    raise CacheError(f"cannot cache {key}: {exc}", errno_value=exc.errno or EIO) from exc
+                except sqlite3.Error as exc:
+                    raise CacheError(f"cannot update the cache index for {key}: {exc}") from exc
+                done = True
+            finally:
+                if not done:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+            log.debug("cached %s (%d bytes)", key, size)
+            return final
+        finally:
+            self._unlock_key(name, lock_fd)
+
+    def _commit(self, key: str, tmp: Path, final: Path, size: int) -> None:
+        """Rename the finished download into place, index it, count a miss and evict, in one transaction."""
+        now = time.time()
+        atimes, hits, total = self._take_pending()
+        with self._transaction() as conn:
+            self._apply_touches(conn, atimes, hits, total)  # so the LRU order below is current
+            os.replace(tmp, final)
+            conn.execute(
+                "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)"
+                " ON CONFLICT(key) DO UPDATE SET size = excluded.size, atime = excluded.atime",
+                (key, size, now, now),
+            )
+            conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'misses'")
+            if self.max_bytes is not None:
+                self._evict(conn, keep=key, bound=self.max_bytes)
+
+    def _evict(self, conn: sqlite3.Connection, *, keep: str, bound: int) -> None:
+        (total,) = conn.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
+        while total > bound:
+            rows = conn.execute(
+                "SELECT key, size FROM entries WHERE key != ? ORDER BY atime LIMIT 64", (keep,)
+            ).fetchall()
+            if not rows:
+                break  # only ``keep`` is left, and it alone exceeds the bound
+            for key, size in rows:
+                if total <= bound:
+                    break
+                conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+                self._unlink(self.path_for(key))
+                total -= size
+                log.debug("evicted %s (%d bytes)", key, size)
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cached file %s: %s", path, exc)
+
+    def _remove_stale_parts(self, final: Path) -> None:
+        prefix = final.name + "."
+        with os.scandir(final.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.name.endswith(PART_SUFFIX):
+                    log.info("removing stale partial download %s", entry.path)
+                    self._unlink(Path(entry.path))
+
+    # --------------------------------------------------------------------------------------------- locks
+
+    def _lock_key(self, name: str, *, blocking: bool = True) -> int:
+        """Take the per-key lock file (exclusive flock) and return its fd; RequestTimeoutError after a wait.
+
+        Lock files are removed by their holder on release, so the file we locked may have been unlinked
+        meanwhile; the usual check (the path still names the inode we locked) makes that safe.
+        Raises BlockingIOError at once when ``blocking`` is false and someone holds it.
+        """
+        path = self._locks / (name + LOCK_SUFFIX)
+        deadline = time.monotonic() + self._wait_timeout
+        delay = 0.001
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                while True:
+                    # Poll instead of a blocking flock so that the wait has a deadline.
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not blocking:
+                            raise
+                        if time.monotonic() > deadline:
+                            raise RequestTimeoutError(
+                                f"timed out waiting for another process's download of {name}"
+                            ) from None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.05)
+                held = os.fstat(fd)
+                try:
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    now = None
+                if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # locked a file its holder had already unlinked: try again
+
+    def _unlock_key(self, name: str, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._locks / (name + LOCK_SUFFIX))
+        os.close(fd)
+
+    # ------------------------------------------------------------------------------------ maintenance
+
+    def info(self) -> CacheInfo:
+        """Sizes and counters from the index (this process's pending accesses flushed first)."""
+        self.flush()
+        with self._db_lock:
+            total, entries = self._conn.execute(
+                "SELECT coalesce(sum(size), 0), count(*) FROM entries"
+            ).fetchone()
+            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+        return CacheInfo(
+            directory=self.directory,
+            max_bytes=self.max_bytes if self.max_bytes is not None else meta.get("max_bytes"),
+            total_bytes=int(total),
+            entries=int(entries),
+            hits=int(meta.get("hits", 0)),
+            misses=int(meta.get("misses", 0)),
+        )
+
+    def clear(self) -> int:
+        """Remove every entry and reset the counters; returns how many files were removed.
+
+        Safe while mounted: files already open stay readable (unlinked, not truncated); later gets miss.
+        Downloads in progress finish and are cached afterwards.
+        """
+        self._take_pending()
+        removed = 0
+        try:
+            with self._transaction() as conn:
+                conn.execute("DELETE FROM entries")
+                conn.execute("UPDATE meta SET value = 0 WHERE name IN ('hits', 'misses')")
+                for path in self._entry_files():
+                    self._unlink(path)
+                    removed += 1
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot clear cache {self.directory}: {exc}") from exc
+        log.info("cleared %d entries from %s", removed, self.directory)
+        return removed
+
+    def _entry_files(self) -> Iterator[Path]:
+        """Every finished entry file under data/ (not partial downloads)."""
+        with os.scandir(self._data) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                            yield Path(entry.path)
+
+    def reconcile(self) -> None:
+        """Make the index agree with the disk (done on start-up; O(entries), for maintenance, not hot paths).
+
+        Forgets entries whose file vanished, corrects sizes, adopts entry files the index lacks (a process
+        died between rename and commit), removes partial downloads and lock files of dead processes.
+        """
+        try:
+            self._remove_stale_files()
+            with self._transaction() as conn:
+                indexed = {key: size for key, size in conn.execute("SELECT key, size FROM entries")}
+                # Hashed long keys cannot be read back from their file names: map them by their rows.
+                hashed = {self.path_for(k): k for k in indexed if key_from_name(entry_name(k)) is None}
+                on_disk: dict[str, tuple[int, float]] = {}
+                for path in self._entry_files():
+                    key = key_from_name(path.name)
+                    if key is None or self.path_for(key) != path:
+                        key = hashed.get(path)
+                    if key is None:
+                        log.info("removing unknown file %s from the cache", path)
+                        self._unlink(path)
+                        continue
+                    st = path.stat()
+                    on_disk[key] = (st.st_size, st.st_mtime)
+                for key, size in indexed.items():
+                    if key not in on_disk:
+                        log.info("cache entry %s vanished from disk; forgetting it", key)
+                        conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+                    elif on_disk[key][0] != size:
+                        conn.execute("UPDATE entries SET size = ? WHERE key = ?", (on_disk[key][0], key))
+                for key, (size, mtime) in on_disk.items():
+                    if key not in indexed:
+                        log.info("adopting unindexed cache file for %s", key)
+                        conn.execute(
+                            "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)",
+                            (key, size, mtime, mtime),
+                        )
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot check cache {self.directory}: {exc}") from exc
+
+    def _remove_stale_files(self) -> None:
+        """Remove partial downloads and lock files nobody holds a lock on (left by crashed processes)."""
+        parts: list[Path] = []
+        with os.scandir(self._data) as shards:
+            for shard in shards:
+                if shard.is_dir(follow_symlinks=False):
+                    with os.scandir(shard.path) as entries:
+                        parts.extend(Path(e.path) for e in entries if e.name.endswith(PART_SUFFIX))
+        for part in parts:
+            name = part.name[: -len(PART_SUFFIX)].rsplit(".", 1)[0]  # strip mkstemp's random part
+            try:
+                fd = self._lock_key(name, blocking=False)
+            except BlockingIOError:
+                continue  # somebody is downloading it right now
+            try:
+                log.info("removing stale partial download %s", part)
+                self._unlink(part)
+            finally:
+                self._unlock_key(name, fd)
+        with os.scandir(self._locks) as locks:
+            names = [e.name[: -len(LOCK_SUFFIX)] for e in locks if e.name.endswith(LOCK_SUFFIX)]
+        for name in names:
+            try:
+                fd = self._lock_key(name, blocking=False)
+            except BlockingIOError:
+                continue
+            self._unlock_key(name, fd)  # unlinks it

@@ -1,0 +1,117 @@
+"""``ArchiveServer``: the bundled NBIA-compatible archive server, started and stopped from Python.
+
+It serves on loopback from background daemon threads (one per connection, HTTP/1.1 keep-alive). ``stop()``
+returns promptly even while requests are stalled or throttled: it wakes every sleeping handler and shuts down
+every open connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+
+from nbiafs.errors import ConfigError
+from nbiafs.server.archive import Archive
+from nbiafs.server.auth import TokenStore
+from nbiafs.server.config import RequestRecord, ServerConfig
+from nbiafs.server.handler import HTTPServer, ServerState
+
+log = logging.getLogger(__name__)
+
+
+def load_archive(config: ServerConfig) -> Archive:
+    """The synthetic archive for ``config.seed`` (cached per process), or the indexed ``config.data_dir``."""
+    if config.data_dir:
+        from nbiafs.server.datadir import index_data_dir
+
+        return index_data_dir(config.data_dir)
+    from nbiafs.server.synthetic import synthetic_archive
+
+    return synthetic_archive(config.seed)
+
+
+class ArchiveServer:
+    """An NBIA-compatible server on ``host:port`` (port 0 picks a free one). Also a context manager.
+
+    ``config`` is live (change knobs at run time); ``archive`` is the data served; ``requests`` a snapshot of
+    every answered request. Raises ConfigError if the data directory is unusable or the address is taken.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config if config is not None else ServerConfig()
+        self.archive = load_archive(self.config)
+        self.host = host
+        self.port = port
+        self._state = ServerState(
+            archive=self.archive,
+            config=self.config,
+            tokens=TokenStore(self.config),
+            rng=random.Random(self.config.seed),
+        )
+        self._httpd: HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` without a trailing slash (the bound port once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Listen and serve in a background thread; returns once the socket is listening."""
+        if self._httpd is not None:
+            return
+        self._state.stop.clear()
+        try:
+            httpd = HTTPServer((self.host, self.port), self._state)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+        self._httpd = httpd
+        self.port = int(httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="nbiafs-archive", daemon=True
+        )
+        self._thread.start()
+        log.info("archive server listening on %s", self.url)
+
+    def stop(self) -> None:
+        """Stop serving: close the listening socket and every connection (never waits for stalled ones)."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._state.stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        with self._state.lock:
+            connections = list(self._state.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        log.info("archive server on %s stopped", self.url)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the request records so far, oldest first."""
+        with self._state.lock:
+            return list(self._state.records)
+
+    def clear_requests(self) -> None:
+        with self._state.lock:
+            self._state.records.clear()
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every access token issued so far (clients must refresh; refresh tokens stay valid)."""
+        self._state.tokens.revoke_access_tokens()
+
+    def __enter__(self) -> ArchiveServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
