@@ -15,7 +15,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any, TypeVar
 
 import requests
@@ -261,7 +261,7 @@ class NbiaClient:
             except requests.RequestException as exc:
                 raise self._transport_error(exc, what) from exc
             if resp.status_code == 401 and self._tokens is not None and token is not None and attempt == 1:
-                resp.close()
+                self._discard(resp)
                 token = self._tokens.refresh_after_401(token)
                 continue
             if resp.status_code >= 400:
@@ -271,6 +271,13 @@ class NbiaClient:
                     resp.close()
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _discard(resp: requests.Response) -> None:
+        """Read a (small) unwanted answer to its end so its connection goes back to the pool, then close."""
+        with suppress(requests.RequestException):
+            _ = resp.content
+        resp.close()
 
     def _transport_error(self, exc: BaseException, what: str) -> NbiaError:
         if _is_timeout(exc):

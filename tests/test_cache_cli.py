@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import nbiafs.cli
 from nbiafs.cli import main
 from nbiafs.diskcache import InstanceCache
 
 UID = "1.3.6.1.4.1.14519.5.2.1.7695.1700.{}"
-
-
-@pytest.fixture(autouse=True)
-def only_cache_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Build the parser with this subcommand alone, so these tests do not depend on the others' modules."""
-    monkeypatch.setattr(nbiafs.cli, "COMMANDS", ("cache",))
 
 
 def fill(directory: Path) -> Path:

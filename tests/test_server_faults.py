@@ -1,4 +1,4 @@
-"""The archive server's realism knobs, connection handling, request log, ``--data DIR`` and ``nbiafs serve``."""
+"""The archive server's realism knobs, connections, request log, ``--data DIR`` and ``nbiafs serve``."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_request_records_and_log(make_server: MakeServer, tmp_path: Path) -> Non
     assert srv.requests == []
 
 
-# -- --data DIR -----------------------------------------------------------------------------------------------
+# -- --data DIR ------------------------------------------------------------------------------------------
 
 
 def write_dicom(
@@ -251,7 +251,7 @@ def test_data_dir(make_server: MakeServer, tmp_path: Path) -> None:
         ArchiveServer(ServerConfig(data_dir=str(empty)))
 
 
-# -- nbiafs serve ---------------------------------------------------------------------------------------------
+# -- nbiafs serve ----------------------------------------------------------------------------------------
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen[str], deadline: float) -> str:
@@ -304,7 +304,7 @@ def test_serve_subprocess(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
         assert url in out
         assert "s3cret" not in out + err + log_file.read_text() and "envpw" not in log_file.read_text()
-        assert len(log_file.read_text().splitlines()) == 5
+        assert len(log_file.read_text().splitlines()) == 6
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -319,3 +319,18 @@ def test_serve_without_password_fails(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 1 and "no password for user carol" in out.stderr
+
+
+def test_a_bug_is_a_500_and_serving_goes_on(make_server: MakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbiafs.server.handler as handler
+
+    srv = make_server()
+
+    def broken(*args: object) -> list[dict[str, object]]:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(handler, "query", broken)
+    with requests.Session() as s:
+        assert v1(srv, "getCollectionValues", s).status_code == 500
+        monkeypatch.undo()
+        assert v1(srv, "getCollectionValues", s).status_code == 200

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0 = any free port; default 8080)")
     p.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE once listening")
-    p.add_argument("--data", metavar="DIR", help="serve a folder of real DICOM instead of the synthetic archive")
+    p.add_argument("--data", metavar="DIR", help="serve a folder of real DICOM, not the synthetic archive")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive and of fault rolls")
     p.add_argument("--latency", type=float, default=0.0, metavar="S", help="seconds added to every request")
     p.add_argument("--stall", type=float, default=0.0, metavar="S", help="seconds every request stalls")

@@ -41,18 +41,30 @@ class ArchiveServer:
     """
 
     def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.config = config if config is not None else ServerConfig()
-        self.archive = load_archive(self.config)
+        self._config = config if config is not None else ServerConfig()
+        self.archive = load_archive(self._config)
         self.host = host
         self.port = port
         self._state = ServerState(
             archive=self.archive,
-            config=self.config,
-            tokens=TokenStore(self.config),
-            rng=random.Random(self.config.seed),
+            config=self._config,
+            tokens=TokenStore(self._config),
+            rng=random.Random(self._config.seed),
         )
         self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> ServerConfig:
+        """The live configuration; assigning a new one takes effect for the next request."""
+        return self._config
+
+    @config.setter
+    def config(self, value: ServerConfig) -> None:
+        self._config = value
+        if hasattr(self, "_state"):
+            self._state.config = value
+            self._state.tokens.config = value
 
     @property
     def url(self) -> str:

@@ -37,7 +37,7 @@ class TokenStore:
     """
 
     def __init__(self, config: ServerConfig) -> None:
-        self._config = config
+        self.config = config
         self._lock = threading.Lock()
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
@@ -92,15 +92,15 @@ class TokenStore:
     def _password_ok(self, user: str, password: str) -> bool:
         if user == GUEST_USER:
             return password == ""
-        expected = self._config.users.get(user)
+        expected = self.config.users.get(user)
         if expected is None:
             return False
         return hmac.compare_digest(expected.encode(), password.encode())
 
     def _issue(self, user: str, session: str) -> dict[str, Any]:
         now = time.monotonic()
-        access_life = float(self._config.token_lifetime)
-        refresh_life = float(self._config.refresh_lifetime)
+        access_life = float(self.config.token_lifetime)
+        refresh_life = float(self.config.refresh_lifetime)
         access = secrets.token_urlsafe(32)
         refresh = secrets.token_urlsafe(48)
         with self._lock:

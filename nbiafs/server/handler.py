@@ -129,6 +129,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nbiafs-archive/0.1"
     timeout = 300  # seconds an idle keep-alive connection is kept
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server: HTTPServer
 
     # -- plumbing ------------------------------------------------------------------------------------------
@@ -180,6 +181,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._drop()
         except OSError as exc:  # the client went away
             log.debug("connection lost: %s", exc)
+            self.close_connection = True
+        except Exception:  # a bug: answer 500 if nothing was sent yet, and keep serving
+            log.exception("error while answering %s %s", method, url.path)
+            if self._status == 0:
+                with contextlib.suppress(OSError):
+                    self._send(500, b"Internal Server Error", "text/plain; charset=UTF-8")
             self.close_connection = True
         finally:
             query = urlencode(
@@ -371,14 +378,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         """Stream the series as a ZIP (chunked, no Content-Length), one instance in memory at a time."""
         series = self._visible_series(view, args["SeriesInstanceUID"])
         new_names = args.get("NewFileNames", "").lower() == "yes" and not md5
-        cut = series.file_size // 2 if self.state.roll(self.state.config.cut_rate) else None
+        # ZIP members are compressed, so the body's length is unknown: cut after half the members instead.
+        cut_member = max(1, series.image_count // 2) if self.state.roll(self.state.config.cut_rate) else None
         self.send_response(200)
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Disposition", f"attachment; filename={series.series_instance_uid}.zip")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self._status = 200
-        body = self._body_writer(cut)
+        body = self._body_writer()
         out = ChunkedWriter(body)
         stamp = series.timestamp or dt.datetime(2000, 1, 1)
         date_time = (max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
@@ -401,6 +409,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                         name = f"{index:08d}.dcm"
                     data = view.archive.instance_bytes(inst.sop_instance_uid)
                     member(name, data)
+                    if index == cut_member:
+                        out.cut()
                     if md5:
                         hashes.append(f"{name},{hashlib.md5(data).hexdigest()}\n")
                 if md5:

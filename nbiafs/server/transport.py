@@ -91,6 +91,13 @@ class ChunkedWriter:
             self._buf.clear()
             self._body.write(b"%x\r\n" % len(data) + data + b"\r\n")
 
+    def cut(self) -> None:
+        """Send a chunk header for the buffered data but only half of it; raise ConnectionAbortError."""
+        data = bytes(self._buf) or b"\0" * 64
+        self._buf.clear()
+        self._body.write(b"%x\r\n" % len(data) + data[: len(data) // 2])
+        raise ConnectionAbortError("connection cut mid-body")
+
     def close(self) -> None:
         if not self.closed:
             self._emit()
