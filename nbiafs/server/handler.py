@@ -162,12 +162,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def _handle(self, method: str) -> None:
-        arrived = time.time()
+        self._arrived = time.time()
+        self._method = method
         self._status = 0
         self._sent = 0
         self._user = ""
         self._endpoint = ""
+        self._recorded = False
         url = urlsplit(self.path)
+        query = urlencode([(k, v) for k, v in parse_qsl(url.query, keep_blank_values=True) if k != "api_key"])
+        self._logged_path = url.path + (f"?{query}" if query else "")
         try:
             form = self._read_form()
             if not self._pause(self.state.config.latency + self.state.config.stall):
@@ -187,15 +191,21 @@ class RequestHandler(BaseHTTPRequestHandler):
             if self._status == 0:
                 with contextlib.suppress(OSError):
                     self._send(500, b"Internal Server Error", "text/plain; charset=UTF-8")
-            self.close_connection = True
+            else:  # part of an answer went out already: the connection is unusable
+                self._drop()
         finally:
-            query = urlencode(
-                [(k, v) for k, v in parse_qsl(url.query, keep_blank_values=True) if k != "api_key"]
+            if not self._recorded:
+                self._record(self._sent)
+
+    def _record(self, sent: int) -> None:
+        """Record this request. Called just before its last bytes go out, so a client that has its answer
+        always finds the request in ``srv.requests`` (and in the request log)."""
+        self._recorded = True
+        self.state.record(
+            RequestRecord(
+                self._method, self._endpoint, self._logged_path, self._status, sent, self._user, self._arrived
             )
-            path = url.path + (f"?{query}" if query else "")
-            self.state.record(
-                RequestRecord(method, self._endpoint, path, self._status, self._sent, self._user, arrived)
-            )
+        )
 
     def _read_form(self) -> dict[str, str]:
         length = int(self.headers.get("Content-Length") or 0)
@@ -233,11 +243,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
-        self.end_headers()
         self._status = status
+        if not body:
+            self._record(0)
+        self.end_headers()
         writer = self._body_writer(cut_after)
         try:
-            writer.write(body)
+            writer.write(body[:-1])
+            if cut_after is None and body:
+                self._record(len(body))
+            writer.write(body[-1:])
         finally:
             self._sent = writer.sent
 
@@ -415,6 +430,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                         hashes.append(f"{name},{hashlib.md5(data).hexdigest()}\n")
                 if md5:
                     member("md5hashes.csv", ("Filename,MD5Hash\n" + "".join(hashes)).encode())
+            out.flush_all()
+            self._record(body.sent + len(ChunkedWriter.LAST_CHUNK))
             out.close()
         finally:
             self._sent = body.sent

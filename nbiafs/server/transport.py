@@ -70,6 +70,8 @@ class ChunkedWriter:
     ``close()`` sends the remaining data and the last (empty) chunk.
     """
 
+    LAST_CHUNK = b"0\r\n\r\n"
+
     def __init__(self, body: BodyWriter, chunk_size: int = 64 * 1024) -> None:
         self._body = body
         self._chunk_size = chunk_size
@@ -98,8 +100,12 @@ class ChunkedWriter:
         self._body.write(b"%x\r\n" % len(data) + data[: len(data) // 2])
         raise ConnectionAbortError("connection cut mid-body")
 
+    def flush_all(self) -> None:
+        """Send every buffered byte now (as one chunk)."""
+        self._emit()
+
     def close(self) -> None:
         if not self.closed:
             self._emit()
-            self._body.write(b"0\r\n\r\n")
+            self._body.write(self.LAST_CHUNK)
             self.closed = True
