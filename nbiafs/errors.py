@@ -33,8 +33,8 @@ class AuthenticationError(NbiaError):
 class RequestError(NbiaError):
     """The server answered with a 4xx status.
 
-    ``status`` is the HTTP status, ``message`` the server's own text (plain text on NBIA), ``url`` the request URL
-    with any ``api_key`` removed.
+    ``status`` is the HTTP status, ``message`` the server's own text (plain text on NBIA), ``url`` the
+    request URL with any ``api_key`` removed.
     """
 
     def __init__(self, message: str, *, status: int = 0, url: str = "") -> None:
@@ -54,7 +54,7 @@ class BadRequestError(RequestError):
 
 
 class AccessDeniedError(RequestError):
-    """The user may not see this data: 401/403 that a token refresh did not cure, or NBIA's 400 "not granted"."""
+    """The user may not see this data: a 401/403 a token refresh did not cure, or NBIA's 400 "not granted"."""
 
 
 class NotFoundError(RequestError):
@@ -78,4 +78,4 @@ class RequestTimeoutError(NetworkError):
 
 
 class ResponseFormatError(NbiaError):
-    """The answer was not what the endpoint promises (a ZIP or HTML where JSON was expected, bad JSON, ...)."""
+    """The answer is not what the endpoint promises (a ZIP or HTML where JSON was expected, bad JSON)."""

@@ -1,9 +1,10 @@
 """Typed records for the rows the NBIA metadata endpoints return.
 
-Every record keeps the row as the server sent it in ``raw`` (keys exactly as sent, null keys absent), which the
-filesystem exposes as extended attributes. The typed fields are parsed from it by :mod:`nbiafs.parsing`, which
-copes with every quirk of the live servers (``PatientId``/``PatientID``, numbers sent as strings with decimals,
-several date formats, missing keys). A field the server left out is ``None``.
+Every record keeps the row as the server sent it in ``raw`` (keys exactly as sent, null keys absent),
+which the filesystem exposes as extended attributes. The typed fields are parsed from it by
+:mod:`nbiafs.parsing`, which copes with every quirk of the live servers (``PatientId``/``PatientID``,
+numbers sent as strings with decimals, several date formats, missing keys). A field the server left
+out is ``None``.
 
 Dates are naive :class:`datetime.datetime` values (the servers give no time zone).
 """
@@ -19,7 +20,7 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Patient:
-    """A row of getPatient, getPatientByCollectionAndModality/PatientsByModality or NewPatientsInCollection."""
+    """A patient row (getPatient, getPatientByCollectionAndModality, NewPatientsInCollection)."""
 
     patient_id: str
     collection: str | None = None

@@ -90,6 +90,7 @@ class HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen() backlog: the default 5 stalls bursts of new connections for ~1 s
 
     def __init__(self, address: tuple[str, int], state: ServerState) -> None:
         self.state = state
