@@ -210,6 +210,15 @@ class NbiaClient:
         """The account in use (None when anonymous or API-key based)."""
         return self._tokens.user if self._tokens else None
 
+    def login(self) -> None:
+        """Obtain the first token now (OAuth profiles; a no-op for anonymous and API-key ones).
+
+        Otherwise the first request logs in. Raises AuthenticationError for refused credentials,
+        NetworkError / ServerError when the token endpoint cannot be reached.
+        """
+        if self._tokens is not None:
+            self._tokens.token()
+
     def close(self) -> None:
         """Stop the token refresher, log out and close the connection pool. Idempotent."""
         with self._close_lock:

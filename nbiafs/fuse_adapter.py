@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from ctypes.util import find_library
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from cachetools import TTLCache
+
 from nbiafs.errors import AccessDeniedError, ConfigError, NbiaError, NotFoundError
 
 # mfusepy picks the library when it is imported: FUSE_LIBRARY_PATH, else FUSE_LIBRARY_NAME, else libfuse2
@@ -104,9 +106,11 @@ class NbiaFuse(mfusepy.Operations):
         self.ready_callback = ready_callback
         self.uid = os.getuid()
         self.gid = os.getgid()
-        # Paths whose size was last shown to the kernel as an estimate: their first open after the fetch must
-        # use direct I/O and drop the kernel's cached attributes (the estimate may be too small).
-        self._estimated: set[str] = set()
+        # Paths whose size was shown to the kernel as an estimate: their first open after the fetch must use
+        # direct I/O and drop the kernel's cached attributes (the estimate may be too small). The kernel
+        # forgets attributes after ATTR_TIMEOUT, so entries older than that need not be kept: a TTL cache keeps
+        # this bounded even after an `ls -lR` of the whole archive.
+        self._estimated: TTLCache[str, bool] = TTLCache(maxsize=1_000_000, ttl=2 * ATTR_TIMEOUT)
         self._lock = threading.Lock()
         lib = mfusepy._libfuse
         self._invalidate: Any = (
@@ -155,7 +159,7 @@ class NbiaFuse(mfusepy.Operations):
             size = os.fstat(fh.fh).st_size  # an open file is in the cache: its size is exact
         elif not node.exact_size:
             with self._lock:
-                self._estimated.add(path)
+                self._estimated[path] = True
         attrs.update(st_mode=stat.S_IFREG | 0o444, st_nlink=1, st_size=size, st_blocks=(size + 511) // 512)
         return attrs
 
@@ -205,7 +209,7 @@ class NbiaFuse(mfusepy.Operations):
             fi.keep_cache = 0
             self._invalidate_attrs(path)
             with self._lock:
-                self._estimated.discard(path)
+                self._estimated.pop(path, None)
         else:
             fi.keep_cache = 1
         fi.fh = fd

@@ -55,6 +55,7 @@ from cachetools import TLRUCache, TTLCache
 from nbiafs import names
 from nbiafs.errors import AccessDeniedError, NotFoundError, RequestTimeoutError
 from nbiafs.metastore import MetaStore, decode_records, encode_records
+from nbiafs.readahead import ReadAhead
 from nbiafs.records import Patient, Series, Study
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class TreeOptions:
     series_filter: frozenset[str] | None = None  # mount only these SeriesInstanceUIDs (manifest / cart)
     listing_ttl: float = 86400.0  # seconds a listing stays fresh (memory and disk)
     negative_ttl: float = 30.0  # seconds an unknown name stays unknown
+    readahead: int = 32  # instances of a series fetched ahead of a sequential reader (0: off)
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,13 @@ class _Dir:
     """A derived directory listing: entries by name, and when its oldest source answer was fetched."""
 
     entries: dict[str, _Entry]
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # sorted: the order of readdir
     fetched_at: float
     expires: float
     refreshable: bool = True  # whether re-listing can reveal a missing name (False for filter-built dirs)
+    # A series directory's instances in readdir order, and each name's index there (for read-ahead).
+    sop_uids: tuple[str, ...] = ()
+    positions: dict[str, int] | None = None
 
 
 def _timestamp(value: dt.datetime | dt.date | None) -> float | None:
@@ -237,6 +242,17 @@ class ArchiveTree:
         self._flights_lock = threading.Lock()
         wanted = self.options.collections
         self._wanted = None if wanted is None else {c.casefold() for c in wanted}
+        bound = getattr(cache, "max_bytes", None)
+        self._readahead = ReadAhead(
+            cache,
+            client.download_instance,
+            window=self.options.readahead,
+            max_bytes=bound // 4 if bound else None,
+        )
+
+    def close(self) -> None:
+        """Stop read-ahead (downloads under way finish or time out). The tree is unusable afterwards."""
+        self._readahead.close()
 
     # --- public API ---------------------------------------------------------------------------------------
 
@@ -305,9 +321,11 @@ class ArchiveTree:
         Downloads it (getSingleImage, one download however many threads open it) if not cached. NotFoundError
         if ``path`` is not an instance; AccessDeniedError if the server refuses it; other client errors pass.
         """
-        entry = self._resolve(path)
+        parts = _split(path)
+        entry = self._resolve_parts(parts)
         if entry.kind != "instance":
             raise NotFoundError(f"not an instance: {path}")
+        self._note_open(tuple(parts[:-1]), entry)
         cached = self._cache.get(entry.sop_uid)
         if cached is not None:
             return cached, False
@@ -322,6 +340,16 @@ class ArchiveTree:
 
         local = self._cache.fetch(sop_uid, download)
         return local, fetched
+
+    def _note_open(self, series_parts: tuple[str, ...], entry: _Entry) -> None:
+        """Tell read-ahead which instance of its series (in readdir order) is being opened."""
+        with self._lock:
+            listing = self._dirs.get(series_parts)
+        if listing is None or listing.positions is None:
+            return
+        index = listing.positions.get(entry.name)
+        if index is not None:
+            self._readahead.opened(entry.series_uid, listing.sop_uids, index, _estimate(entry.series))
 
     # --- resolution ---------------------------------------------------------------------------------------
 
@@ -587,7 +615,12 @@ class ArchiveTree:
                 mtime=entry.mtime,
             )
             wanted[sop] = (child.name, child)
-        return self._make_dir(wanted, fetched_at)
+        listing = self._make_dir(wanted, fetched_at)
+        return replace(
+            listing,
+            sop_uids=tuple(listing.entries[name].sop_uid for name in listing.names),
+            positions={name: i for i, name in enumerate(listing.names)},
+        )
 
     def _filtered_series(self, fresh_after: float) -> tuple[float, list[Series]]:
         """The visible series of ``options.series_filter`` (one getSeries each, 8 at a time, all cached)."""

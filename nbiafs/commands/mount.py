@@ -21,13 +21,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbiafs.cli import add_logging_options
-from nbiafs.commands.common import add_server_options
-from nbiafs.credentials import ENV_API_KEY, Credentials, load_credentials
-from nbiafs.errors import ConfigError, NbiaError
-from nbiafs.profiles import ServerProfile, resolve_profile
+from nbiafs.commands.common import add_server_options, credentials_from_args, profile_from_args
+from nbiafs.credentials import Credentials
+from nbiafs.errors import AuthenticationError, ConfigError, NbiaError
+from nbiafs.profiles import ServerProfile
+
+if TYPE_CHECKING:
+    from nbiafs.client import NbiaClient
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class MountSettings:
     series_filter: frozenset[str] | None = None
     cart: str | None = None
     listing_ttl: float = 86400.0
+    readahead: int = 32
     allow_other: bool = False
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
     client_options: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +96,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         default=86400.0,
         metavar="S",
         help="seconds a listing stays fresh",
+    )
+    parser.add_argument(
+        "--readahead",
+        type=int,
+        default=32,
+        metavar="N",
+        help="instances of a series fetched ahead of a sequential reader (0: off; default %(default)s)",
     )
     parser.add_argument(
         "-o",
@@ -142,6 +153,8 @@ def settings_from_args(
             raise ConfigError(f"manifest {args.manifest} lists no series")
     if args.listing_ttl < 0:
         raise ConfigError("--listing-ttl must not be negative")
+    if args.readahead < 0:
+        raise ConfigError("--readahead must not be negative")
     allow_other, options = parse_fuse_options(args.fuse_options)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     return MountSettings(
@@ -155,6 +168,7 @@ def settings_from_args(
         series_filter=series_filter,
         cart=args.cart,
         listing_ttl=args.listing_ttl,
+        readahead=args.readahead,
         allow_other=allow_other,
         fuse_options=options,
         client_options=dict(client_options or {}),
@@ -193,8 +207,10 @@ def serve(settings: MountSettings, on_ready: Callable[[], None] | None = None) -
             collections=settings.collections,
             series_filter=series_filter,
             listing_ttl=settings.listing_ttl,
+            readahead=settings.readahead,
         )
         tree = ArchiveTree(client, cache, metastore, options)  # the tree scopes it by server and user
+        stack.callback(tree.close)
         mount(
             tree,
             settings.mountpoint,
@@ -204,23 +220,14 @@ def serve(settings: MountSettings, on_ready: Callable[[], None] | None = None) -
         )
 
 
-def _log_in(client: Any) -> None:
+def _log_in(client: NbiaClient) -> None:
     """Obtain the first token now, so refused credentials fail the mount instead of every later request.
 
     AuthenticationError (refused credentials) is raised; a server that cannot be reached is only logged, so a
     mount can still serve what its caches hold (the client logs in again on its first request).
     """
-    from nbiafs.errors import AuthenticationError
-
-    login = getattr(client, "login", None)
-    if not callable(login):
-        # NbiaClient has no public login() (yet): its TokenManager logs in on the first token() call.
-        tokens = getattr(client, "_tokens", None)
-        login = getattr(tokens, "token", None)
-    if not callable(login):
-        return  # anonymous or API-key access: nothing to log in to
     try:
-        login()
+        client.login()
     except AuthenticationError:
         raise
     except NbiaError as exc:
@@ -228,21 +235,10 @@ def _log_in(client: Any) -> None:
 
 
 def profile_and_credentials(args: argparse.Namespace) -> tuple[ServerProfile, Credentials | None]:
-    """The profile and credentials of the server options, as ``commands.common.client_from_args`` reads them,
-    without creating a client (``mount`` must fork first). May prompt for a password."""
-    profile = resolve_profile(args.server, args.api_url, args.token_url)
-    credentials: Credentials | None = None
-    if profile.auth == "oauth":
-        credentials = load_credentials(user=args.user, credentials_file=args.credentials_file)
-    else:
-        if args.user or args.credentials_file:
-            log.warning(
-                "the %s API takes no user name or password: --user/--credentials-file ignored",
-                profile.flavour,
-            )
-        api_key = os.environ.get(ENV_API_KEY)
-        if profile.auth == "api_key" and api_key:
-            credentials = Credentials("", "", api_key)
+    """The profile and credentials of the server options, without creating a client (``mount`` must fork
+    first). May prompt for a password; raises ConfigError."""
+    profile = profile_from_args(args)
+    credentials = credentials_from_args(args, profile)
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, not {args.retries}")
     return profile, credentials
