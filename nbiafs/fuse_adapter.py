@@ -152,7 +152,8 @@ class NbiaFuse(mfusepy.Operations):
             "st_ctime": mtime_ns,
         }
         if node.is_dir:
-            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=2, st_size=0)
+            # nlink 1: "subdirectories not counted", so find(1) makes no leaf optimisation.
+            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=1, st_size=0)
             return attrs
         size = node.size
         if fh is not None and fh.fh:
