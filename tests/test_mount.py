@@ -191,6 +191,50 @@ def test_uid_layout(archive_server: ArchiveServer, tmp_path: Path) -> None:
         assert_same_files(files_under(tmp_path / "copy"), archive_files(archive, PETCR))
 
 
+def _series_paths(root: Path) -> set[str]:
+    """The SeriesInstanceUIDs of a uid-layout mount: the names four levels down."""
+    done = run(["find", ".", "-mindepth", "4", "-maxdepth", "4", "-type", "d"], cwd=root)
+    assert done.returncode == 0, done.stderr
+    return {line.rsplit("/", 1)[-1] for line in done.stdout.splitlines()}
+
+
+def test_manifest_and_cart_mount_only_their_series(archive_server: ArchiveServer, tmp_path: Path) -> None:
+    archive = archive_server.archive
+    public = [s for s in archive.iter_series() if s.collection in (PETCR, MR)]
+    chosen = [public[0].series_instance_uid, public[-1].series_instance_uid]
+    manifest = tmp_path / "cart.tcia"
+    lines = [
+        "downloadServerUrl=https://nbia.cancerimagingarchive.net/nbia-download/servlet/DownloadServlet",
+        "includeAnnotation=true",
+        "noOfrRetry=4",
+        "databasketId=manifest-1700000000000.tcia",
+        "manifestVersion=3.0",
+        "ListOfSeriesToDownload=",
+        *chosen,
+    ]
+    manifest.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    with mounted(
+        tmp_path / "mnt",
+        archive_server.url,
+        tmp_path / "cache",
+        "--layout",
+        "uid",
+        "--manifest",
+        str(manifest),
+    ) as m:
+        assert _series_paths(m.path) == set(chosen)
+        assert sorted(os.listdir(m.path)) == sorted({public[0].collection, public[-1].collection})
+        one = next((m.path).glob(f"*/*/*/{chosen[0]}/*.dcm"))
+        assert one.read_bytes() == archive.instance_bytes(one.stem)
+
+    cart, uids = next(iter(archive.default_carts.items()))
+    visible = {u for u in uids if archive.series_by_uid[u].collection != RESTRICTED}
+    with mounted(
+        tmp_path / "mnt2", archive_server.url, tmp_path / "cache", "--layout", "uid", "--cart", cart
+    ) as m:
+        assert _series_paths(m.path) == visible
+
+
 def test_restricted_data(archive_server: ArchiveServer, guest: Mount, tmp_path: Path) -> None:
     archive = archive_server.archive
     assert RESTRICTED not in os.listdir(guest.path)
