@@ -178,6 +178,23 @@ class MetaStore:
             log.warning("metadata store prune failed: %s", exc)
             return 0
 
+    def count(self) -> int:
+        """How many listings this namespace holds (all namespaces if it is empty), fresh or not."""
+        try:
+            with self._db.lock:
+                if self.namespace:
+                    prefix = self.namespace + _SEP
+                    row = self._db.conn.execute(
+                        "SELECT COUNT(*) FROM listings WHERE key >= ? AND key < ?",
+                        (prefix, prefix + "\U0010ffff"),
+                    ).fetchone()
+                else:
+                    row = self._db.conn.execute("SELECT COUNT(*) FROM listings").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("metadata store count failed: %s", exc)
+            return 0
+        return int(row[0]) if row else 0
+
     def clear(self) -> None:
         """Delete every row of this namespace (all rows if the namespace is empty)."""
         try:

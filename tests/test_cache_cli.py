@@ -71,3 +71,21 @@ def test_action_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["cache"])
     assert exc.value.code == 2
+
+
+def test_info_and_clear_cover_listings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nbiafs.metastore import MetaStore
+
+    directory = tmp_path / "c"
+    fill(directory)
+    with MetaStore(directory) as store:
+        scoped = store.scoped("http://server/v2|guest")
+        scoped.put("collections", ["A", "B"])
+        scoped.put("patients\x1fA", [])
+    assert main(["cache", "info", "--cache-dir", str(directory)]) == 0
+    assert "listings:  2" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "cleared 2 entries (3.0 KiB) and 2 listings" in capsys.readouterr().out
+    with MetaStore(directory) as store:
+        assert store.count() == 0
+        assert store.scoped("http://server/v2|guest").get("collections", 3600) is None

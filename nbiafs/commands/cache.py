@@ -1,7 +1,9 @@
-"""``nbiafs cache info|clear [--cache-dir DIR]``: inspect or empty the disk cache of instances.
+"""``nbiafs cache info|clear [--cache-dir DIR]``: inspect or empty the disk cache.
 
-Both are safe while mounts use the cache: the index is shared through sqlite, and ``clear`` unlinks files, so
-instances already open stay readable.
+The cache directory holds the DICOM instances (:mod:`nbiafs.diskcache`) and the persisted listings
+(:mod:`nbiafs.metastore`). Both commands are safe while mounts use the cache: the indexes are shared through
+sqlite, and ``clear`` unlinks files, so instances already open stay readable; a running mount still answers
+from the listings it holds in memory until they expire.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from nbiafs.cli import add_logging_options
 from nbiafs.diskcache import INDEX_NAME, InstanceCache, default_cache_dir, format_size
+from nbiafs.metastore import DB_NAME, MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def register(subparsers: Any) -> None:
     )
     info.set_defaults(func=run_info)
     clear = actions.add_parser(
-        "clear", parents=[common], help="remove every cached instance (safe while mounted)"
+        "clear", parents=[common], help="remove every cached instance and listing (safe while mounted)"
     )
     clear.set_defaults(func=run_clear)
 
@@ -51,30 +54,40 @@ def _size(size: int) -> str:
 def run_info(args: argparse.Namespace) -> int:
     """Print the cache's figures; a directory holding no cache yet is reported empty (and not created)."""
     directory = _directory(args)
-    if not (directory / INDEX_NAME).exists():
+    if not (directory / INDEX_NAME).exists() and not (directory / DB_NAME).exists():
         print(f"directory: {directory}")
         print("no cache there yet (0 entries)")
         return 0
-    with InstanceCache(directory, None) as cache:
-        info = cache.info()
-    bound = _size(info.max_bytes) if info.max_bytes is not None else "unknown"
-    print(f"directory: {info.directory}")
-    print(f"size:      {_size(info.total_bytes)}")
-    print(f"bound:     {bound}")
-    print(f"entries:   {info.entries}")
-    print(f"hits:      {info.hits}")
-    print(f"misses:    {info.misses}")
+    print(f"directory: {directory}")
+    if (directory / INDEX_NAME).exists():
+        with InstanceCache(directory, None) as cache:
+            info = cache.info()
+        bound = _size(info.max_bytes) if info.max_bytes is not None else "unknown"
+        print(f"size:      {_size(info.total_bytes)}")
+        print(f"bound:     {bound}")
+        print(f"entries:   {info.entries}")
+        print(f"hits:      {info.hits}")
+        print(f"misses:    {info.misses}")
+    if (directory / DB_NAME).exists():
+        with MetaStore(directory) as store:
+            print(f"listings:  {store.count()}")
     return 0
 
 
 def run_clear(args: argparse.Namespace) -> int:
     """Empty the cache (files open in mounts stay readable) and reset its counters."""
     directory = _directory(args)
-    if not (directory / INDEX_NAME).exists():
+    if not (directory / INDEX_NAME).exists() and not (directory / DB_NAME).exists():
         print(f"no cache in {directory}: nothing to clear")
         return 0
-    with InstanceCache(directory, None) as cache:
-        before = cache.info()
-        removed = cache.clear()
-    print(f"cleared {removed} entries ({format_size(before.total_bytes)}) from {directory}")
+    removed, total, listings = 0, 0, 0
+    if (directory / INDEX_NAME).exists():
+        with InstanceCache(directory, None) as cache:
+            total = cache.info().total_bytes
+            removed = cache.clear()
+    if (directory / DB_NAME).exists():
+        with MetaStore(directory) as store:
+            listings = store.count()
+            store.clear()
+    print(f"cleared {removed} entries ({format_size(total)}) and {listings} listings from {directory}")
     return 0
