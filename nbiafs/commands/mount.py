@@ -53,6 +53,7 @@ class MountSettings:
     series_filter: frozenset[str] | None = None
     cart: str | None = None
     listing_ttl: float = 86400.0
+    negative_ttl: float = 30.0
     readahead: int = 32
     allow_other: bool = False
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
@@ -96,6 +97,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         default=86400.0,
         metavar="S",
         help="seconds a listing stays fresh",
+    )
+    parser.add_argument(
+        "--negative-ttl",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds an unknown name stays unknown (default %(default)s)",
     )
     parser.add_argument(
         "--readahead",
@@ -151,8 +159,8 @@ def settings_from_args(
         series_filter = load_manifest(args.manifest).series_filter
         if not series_filter:
             raise ConfigError(f"manifest {args.manifest} lists no series")
-    if args.listing_ttl < 0:
-        raise ConfigError("--listing-ttl must not be negative")
+    if args.listing_ttl < 0 or args.negative_ttl < 0:
+        raise ConfigError("--listing-ttl and --negative-ttl must not be negative")
     if args.readahead < 0:
         raise ConfigError("--readahead must not be negative")
     allow_other, options = parse_fuse_options(args.fuse_options)
@@ -168,6 +176,7 @@ def settings_from_args(
         series_filter=series_filter,
         cart=args.cart,
         listing_ttl=args.listing_ttl,
+        negative_ttl=args.negative_ttl,
         readahead=args.readahead,
         allow_other=allow_other,
         fuse_options=options,
@@ -207,6 +216,7 @@ def serve(settings: MountSettings, on_ready: Callable[[], None] | None = None) -
             collections=settings.collections,
             series_filter=series_filter,
             listing_ttl=settings.listing_ttl,
+            negative_ttl=settings.negative_ttl,
             readahead=settings.readahead,
         )
         tree = ArchiveTree(client, cache, metastore, options)  # the tree scopes it by server and user
