@@ -124,8 +124,9 @@ class NbiaClient:
 
     ``credentials``: None uses the profile's guest account (v2) or anonymous access (v1/v4); v3 needs
     ``credentials.api_key``. ``timeout`` is seconds for connecting and for each read. ``retries`` bounds the
-    retries of one request (status, connection and cut bodies). ``backoff`` is urllib3's back-off factor in
-    seconds. The client logs in lazily; :meth:`close` stops the token refresher and logs out.
+    retries of one request (status, connection and cut bodies; a read timeout is retried only once).
+    ``backoff`` is urllib3's back-off factor in seconds. The client logs in lazily; :meth:`close` stops the
+    token refresher and logs out.
     """
 
     def __init__(
@@ -149,7 +150,8 @@ class NbiaClient:
         retry = Retry(
             total=self.retries,
             connect=self.retries,
-            read=self.retries,
+            # A read timeout is retried once only: a stalled server must fail within ~2 x timeout, not 6 x.
+            read=min(self.retries, 1),
             status=self.retries,
             other=0,
             redirect=5,
