@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from nbiafs import __version__
-from nbiafs.errors import NbiaError
+from nbiafs.errors import ConfigError, NbiaError
 
 log = logging.getLogger("nbiafs")
 
@@ -43,11 +44,21 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbose: int = 0, log_file: str | None = None) -> None:
-    """Install the one logging handler of the process (credentials are never logged by any module)."""
+    """Install the one logging handler of the process (credentials are never logged by any module).
+
+    A log file is created private (0600). Raises ConfigError if it cannot be written.
+    """
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler: logging.Handler = (
-        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
-    )
+    handler: logging.Handler
+    if log_file:
+        # Private from the start: log lines name paths, and so collections and patients, of restricted data.
+        try:
+            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the log file {log_file}: {exc.strerror}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -59,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", 0), getattr(args, "log_file", None))
     try:
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "log_file", None))
         return int(args.func(args) or 0)
     except NbiaError as exc:
         print(f"nbiafs: {exc}", file=sys.stderr)
