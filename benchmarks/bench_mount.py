@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from nbiafs.client import NbiaClient  # noqa: E402
-from nbiafs.profiles import resolve_profile  # noqa: E402
+from nbiafs.api.client import NbiaClient  # noqa: E402
+from nbiafs.api.profiles import resolve_profile  # noqa: E402
 from nbiafs.server import ArchiveServer, ServerConfig  # noqa: E402
 
 COLLECTION = "NBIAFS-Bench"

@@ -2,6 +2,6 @@
 
 import sys
 
-from nbiafs.cli import main
+from nbiafs.cli.main import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """The typed error hierarchy shared by every layer.
 
-Only :mod:`nbiafs.fuse_adapter` turns these into errno values (see ``docs/semantics.md``)::
+Only :mod:`nbiafs.fuse.adapter` turns these into errno values (see ``docs/semantics.md``)::
 
     NbiaError
     ├── ConfigError              bad profile, option, manifest or credentials file

@@ -1,0 +1,117 @@
+"""Typed records for the rows the NBIA metadata endpoints return.
+
+Every record keeps the row as the server sent it in ``raw`` (keys exactly as sent, null keys absent),
+which the filesystem exposes as extended attributes. The typed fields are parsed from it by
+:mod:`nbiafs.api.rows`, which copes with every quirk of the live servers (``PatientId``/``PatientID``,
+numbers sent as strings with decimals, several date formats, missing keys). A field the server left
+out is ``None``.
+
+Dates are naive :class:`datetime.datetime` values (the servers give no time zone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A patient row (getPatient, getPatientByCollectionAndModality, NewPatientsInCollection)."""
+
+    patient_id: str
+    collection: str | None = None
+    patient_name: str | None = None
+    patient_sex: str | None = None
+    patient_birth_date: str | None = None
+    ethnic_group: str | None = None
+    phantom: str | None = None
+    species_code: str | None = None
+    species_description: str | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A row of getPatientStudy or NewStudiesInPatientCollection."""
+
+    study_instance_uid: str
+    patient_id: str | None = None
+    collection: str | None = None
+    study_date: dt.datetime | None = None
+    study_description: str | None = None
+    study_id: str | None = None
+    admitting_diagnoses_description: str | None = None
+    patient_age: str | None = None
+    patient_name: str | None = None
+    patient_sex: str | None = None
+    series_count: int | None = None
+    longitudinal_temporal_event_type: str | None = None
+    longitudinal_temporal_offset_from_event: float | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Series:
+    """A row of getSeries, getUpdatedSeries or getContentsByName (v4 names mapped to the same fields)."""
+
+    series_instance_uid: str
+    study_instance_uid: str | None = None
+    collection: str | None = None
+    patient_id: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    series_date: dt.datetime | None = None
+    body_part_examined: str | None = None
+    protocol_name: str | None = None
+    manufacturer: str | None = None
+    manufacturer_model_name: str | None = None
+    software_versions: str | None = None
+    image_count: int | None = None
+    file_size: int | None = None
+    annotations_flag: bool | None = None
+    license_name: str | None = None
+    license_uri: str | None = None
+    collection_uri: str | None = None
+    timestamp: dt.datetime | None = None
+    date_released: dt.datetime | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SeriesSize:
+    """getSeriesSize: total bytes (sent as a number, sometimes with a decimal point) and object count."""
+
+    total_size_in_bytes: int
+    object_count: int
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SeriesMetadata:
+    """A row of getSeriesMetaData (keys with spaces, every value a string, on the live server)."""
+
+    series_instance_uid: str
+    collection: str | None = None
+    subject_id: str | None = None
+    study_instance_uid: str | None = None
+    study_description: str | None = None
+    study_date: dt.datetime | None = None
+    series_description: str | None = None
+    series_number: int | None = None
+    manufacturer: str | None = None
+    modality: str | None = None
+    sop_class_uid: str | None = None
+    number_of_images: int | None = None
+    file_size: int | None = None
+    license_name: str | None = None
+    license_url: str | None = None
+    data_description_uri: str | None = None
+    third_party_analysis: str | None = None
+    annotation_size: int | None = None
+    date_released: dt.datetime | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)

@@ -1,1 +1,0 @@
-"""One module per ``nbiafs`` subcommand; each exposes ``register(subparsers)``."""

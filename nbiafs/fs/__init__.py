@@ -1,0 +1,1 @@
+"""Filesystem semantics without FUSE: names, the tree, the listing and instance caches, read-ahead."""

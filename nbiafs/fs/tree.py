@@ -1,0 +1,735 @@
+"""The archive as a tree of paths: ``/<Collection>/<PatientID>/<study>/<series>/<SOPInstanceUID>.dcm``.
+
+:class:`ArchiveTree` resolves a path one directory level at a time, listing at most the directories on the
+path, never the whole archive. Which request lists which directory (``C`` a collection, ``P`` a PatientID):
+
+========== ================================================= ==============================================
+directory  request                                           note
+========== ================================================= ==============================================
+root       getCollectionValues                               filtered by ``options.collections``
+collection getPatient?Collection=C
+patient    getPatientStudy?Collection=C&PatientID=P          names need StudyDate/StudyID/StudyDescription
+study      getSeries?Collection=C&PatientID=P                ONE request serves every study of the patient
+series     getSOPInstanceUIDs?SeriesInstanceUID=S
+========== ================================================= ==============================================
+
+With ``options.series_filter`` (a manifest or a cart) the root, collection and study levels come from one
+``getSeries?SeriesInstanceUID=`` per filtered series (run 8 at a time, each cached), so no whole collection is
+ever listed; a patient's entry then carries only its PatientID and Collection (getPatient is not asked), and a
+patient directory still asks getPatientStudy for that one patient.
+
+Caches. Every answer is kept in memory (a cachetools TLRU cache, so an answer loaded from disk expires when
+its own fetch time plus ``listing_ttl`` is reached) and, with a :class:`~nbiafs.fs.listing_store.MetaStore`, on disk
+in a namespace of the server URL and user, so a remount lists with no request while the answers are fresh.
+Concurrent requests for the same answer make one request (single flight). A name missing from a listing
+that is older than ``negative_ttl`` causes one re-listing (to see newly published data); a name still missing
+is remembered as missing for ``negative_ttl`` seconds, so repeated probes (``.git``, ``desktop.ini``) cost
+nothing.
+
+Sizes and times. Directories have size 0. An instance's size is exact when the disk cache holds it, else
+``ceil(FileSize / ImageCount)`` of its series (``DEFAULT_INSTANCE_SIZE`` when the series gives neither), with
+``exact_size=False``; no image is downloaded to stat a file. ``mtime`` comes from the data, never from the
+clock: a series (and its instances) uses its release date (DateReleased, else TimeStamp), else its SeriesDate,
+else its study's StudyDate; a study its StudyDate; the root, collections, patients and anything without a
+date use the Unix epoch. Dates carry no time zone and are read as UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from cachetools import TLRUCache, TTLCache
+
+from nbiafs.api.records import Patient, Series, Study
+from nbiafs.errors import AccessDeniedError, NotFoundError, RequestTimeoutError
+from nbiafs.fs import names
+from nbiafs.fs.listing_store import MetaStore, decode_records, encode_records
+from nbiafs.fs.readahead import ReadAhead
+
+if TYPE_CHECKING:
+    from nbiafs.api.client import NbiaClient
+    from nbiafs.fs.instance_cache import InstanceCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTANCE_SIZE = 512 * 1024
+"""Bytes shown for an uncached instance whose series gives no FileSize/ImageCount."""
+
+FLIGHT_WAIT = 900.0
+"""Seconds a thread waits for another thread's request for the same listing (that request has its own
+timeouts; this only bounds the wait if something is badly wrong)."""
+
+FILTER_WORKERS = 8
+"""Concurrent getSeries requests when resolving a series filter."""
+
+XATTR_PREFIX = "user.nbia."
+
+# Memory bounds: what falls out is read back from the metastore (no request) or, without one, asked again.
+_MEMORY_ROWS = 250_000  # rows (records or UIDs) kept in memory across all answers
+_MEMORY_DIRS = 250_000  # directory entries kept in memory across all derived directories
+_NEGATIVE_MAX = 100_000
+_EPOCH = 0.0
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``stat`` needs about one path. ``size`` in bytes; ``mtime`` in seconds since the epoch."""
+
+    kind: str  # "root" | "collection" | "patient" | "study" | "series" | "instance"
+    name: str  # the directory entry name ("" for the root)
+    is_dir: bool
+    size: int  # bytes; exact for cached instances, else an estimate (FileSize / ImageCount); 0 for dirs
+    exact_size: bool  # False while size is an estimate
+    mtime: float  # seconds since the epoch, stable across mounts
+
+
+@dataclass(frozen=True)
+class TreeOptions:
+    """How the tree is built; TTLs in seconds."""
+
+    layout: str = "descriptive"  # or "uid"
+    collections: tuple[str, ...] | None = None  # mount only these
+    series_filter: frozenset[str] | None = None  # mount only these SeriesInstanceUIDs (manifest / cart)
+    listing_ttl: float = 86400.0  # seconds a listing stays fresh (memory and disk)
+    negative_ttl: float = 30.0  # seconds an unknown name stays unknown
+    readahead: int = 32  # instances of a series fetched ahead of a sequential reader (0: off)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A resolved path component and what is needed to list or describe it."""
+
+    kind: str
+    name: str
+    collection: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    record: Patient | Study | Series | None = field(default=None, compare=False)
+    series: Series | None = field(default=None, compare=False)  # an instance's series
+    mtime: float = _EPOCH
+
+
+_ROOT = _Entry(kind="root", name="")
+
+
+@dataclass(frozen=True)
+class _Dir:
+    """A derived directory listing: entries by name, and when its oldest source answer was fetched."""
+
+    entries: dict[str, _Entry]
+    names: tuple[str, ...]  # sorted: the order of readdir
+    fetched_at: float
+    expires: float
+    refreshable: bool = True  # whether re-listing can reveal a missing name (False for filter-built dirs)
+    # A series directory's instances in readdir order, and each name's index there (for read-ahead).
+    sop_uids: tuple[str, ...] = ()
+    positions: dict[str, int] | None = None
+
+
+def _timestamp(value: dt.datetime | dt.date | None) -> float | None:
+    """Seconds since the epoch of a naive date read as UTC, or None."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.timestamp()
+        return float(calendar.timegm(value.timetuple())) + value.microsecond / 1e6
+    return float(calendar.timegm(value.timetuple()))
+
+
+def _series_mtime(series: Series, study_mtime: float) -> float:
+    for value in (series.date_released, series.timestamp, series.series_date):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            return stamp
+    return study_mtime
+
+
+def _estimate(series: Series | None) -> int:
+    """ceil(FileSize / ImageCount) bytes, or DEFAULT_INSTANCE_SIZE."""
+    size, count = (series.file_size, series.image_count) if series is not None else (None, None)
+    if size is not None and count is not None and size > 0 and count > 0:
+        return max(1, math.ceil(size / count))
+    return DEFAULT_INSTANCE_SIZE
+
+
+def _xattr_value(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (int, float)):
+        return str(value).encode()
+    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace")
+
+
+def _xattr_key(field_name: str) -> str | None:
+    key = "".join(ch for ch in field_name if not ch.isspace() and ch != "\x00")
+    if not key:
+        return None
+    return names.truncate_utf8(XATTR_PREFIX + key)
+
+
+def _split(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+def _store_scope(client: Any) -> str:
+    """The metastore namespace of a client: its API URL and user, so accounts never share listings."""
+    profile = getattr(client, "profile", None)
+    api_url = getattr(profile, "api_url", "") or type(client).__name__
+    user = getattr(client, "user", None) or ""
+    return f"{api_url}|{user}"
+
+
+class ArchiveTree:
+    """Paths to nodes, listings, xattrs and instance files, resolved on demand. Thread-safe.
+
+    Every method raises :class:`~nbiafs.errors.NotFoundError` for a path that does not exist (or is not a
+    directory, for :meth:`listdir`; or not an instance, for :meth:`open_instance`), and lets the client's
+    other :class:`~nbiafs.errors.NbiaError` (server down, timeout, access denied) through.
+    """
+
+    def __init__(
+        self,
+        client: NbiaClient,
+        cache: InstanceCache,
+        metastore: MetaStore | None,
+        options: TreeOptions | None = None,
+    ) -> None:
+        self.options = options or TreeOptions()
+        if self.options.layout not in ("descriptive", "uid"):
+            raise ValueError(f"unknown layout {self.options.layout!r}")
+        self._client = client
+        self._cache = cache
+        self._store = metastore.scoped(_store_scope(client)) if metastore is not None else None
+        ttl = self.options.listing_ttl
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._answers: TLRUCache[str, tuple[float, list[Any]]] = TLRUCache(
+            maxsize=_MEMORY_ROWS,
+            ttu=lambda _k, v, _now: v[0] + ttl,
+            timer=time.time,
+            getsizeof=lambda v: 1 + len(v[1]),
+        )
+        self._dirs: TLRUCache[tuple[str, ...], _Dir] = TLRUCache(
+            maxsize=_MEMORY_DIRS,
+            ttu=lambda _k, v, _now: v.expires,
+            timer=time.time,
+            getsizeof=lambda v: 1 + len(v.names),
+        )
+        self._negative: TTLCache[tuple[str, ...], bool] = TTLCache(
+            maxsize=_NEGATIVE_MAX, ttl=max(self.options.negative_ttl, 0.0) or 1e-9
+        )
+        self._flights: dict[str, Future[tuple[float, list[Any]]]] = {}
+        self._flights_lock = threading.Lock()
+        wanted = self.options.collections
+        self._wanted = None if wanted is None else {c.casefold() for c in wanted}
+        bound = getattr(cache, "max_bytes", None)
+        self._readahead = ReadAhead(
+            cache,
+            client.download_instance,
+            window=self.options.readahead,
+            max_bytes=bound // 4 if bound else None,
+        )
+
+    def close(self) -> None:
+        """Stop read-ahead (downloads under way finish or time out). The tree is unusable afterwards."""
+        self._readahead.close()
+
+    # --- public API ---------------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        """The node at ``path``. Lists each parent directory on the path (cached) and nothing else."""
+        entry = self._resolve(path)
+        if entry.kind == "instance":
+            exact = self._cache.peek(entry.sop_uid)
+            if exact is not None:
+                return Node(entry.kind, entry.name, False, exact, True, entry.mtime)
+            return Node(entry.kind, entry.name, False, _estimate(entry.series), False, entry.mtime)
+        return Node(entry.kind, entry.name, True, 0, True, entry.mtime)
+
+    def listdir(self, path: str) -> list[str]:
+        """The entry names of the directory at ``path``, sorted. NotFoundError if it is not a directory."""
+        parts = _split(path)
+        entry = self._resolve_parts(parts)
+        if entry.kind == "instance":
+            raise NotFoundError(f"not a directory: {path}")
+        return list(self._dir(tuple(parts), entry).names)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        """``user.nbia.<Field>`` -> UTF-8 bytes: a directory's API row; a file's UIDs and series fields."""
+        entry = self._resolve(path)
+        fields: dict[str, Any] = {}
+        if entry.kind == "collection":
+            fields["Collection"] = entry.collection
+        elif entry.kind in ("patient", "study", "series") and entry.record is not None:
+            fields.update(entry.record.raw)
+            fields.setdefault("Collection", entry.collection)
+            fields.setdefault("PatientID", entry.patient_id)
+            if entry.kind in ("study", "series"):
+                fields.setdefault("StudyInstanceUID", entry.study_uid)
+            if entry.kind == "series":
+                fields.setdefault("SeriesInstanceUID", entry.series_uid)
+        elif entry.kind == "instance":
+            fields.update(
+                SOPInstanceUID=entry.sop_uid,
+                SeriesInstanceUID=entry.series_uid,
+                StudyInstanceUID=entry.study_uid,
+                PatientID=entry.patient_id,
+                Collection=entry.collection,
+            )
+            series = entry.series
+            if series is not None:
+                fields.update(
+                    Modality=series.modality,
+                    SeriesDescription=series.series_description,
+                    SeriesNumber=series.series_number,
+                    BodyPartExamined=series.body_part_examined,
+                    Manufacturer=series.manufacturer,
+                    LicenseName=series.license_name,
+                    LicenseURI=series.license_uri,
+                )
+        out: dict[str, bytes] = {}
+        for key, value in fields.items():
+            name = _xattr_key(str(key))
+            data = _xattr_value(value)
+            if name is not None and data is not None:
+                out[name] = data
+        return out
+
+    def open_instance(self, path: str) -> tuple[Path, bool]:
+        """The local cached file of the instance at ``path`` and whether it was downloaded by this call.
+
+        Downloads it (getSingleImage, one download however many threads open it) if not cached. NotFoundError
+        if ``path`` is not an instance; AccessDeniedError if the server refuses it; other client errors pass.
+        """
+        parts = _split(path)
+        entry = self._resolve_parts(parts)
+        if entry.kind != "instance":
+            raise NotFoundError(f"not an instance: {path}")
+        self._note_open(tuple(parts[:-1]), entry)
+        cached = self._cache.get(entry.sop_uid)
+        if cached is not None:
+            return cached, False
+        fetched = False
+        series_uid, sop_uid = entry.series_uid, entry.sop_uid
+
+        def download(out: BinaryIO) -> int:
+            nonlocal fetched
+            fetched = True
+            log.debug("downloading instance %s of series %s", sop_uid, series_uid)
+            return self._client.download_instance(series_uid, sop_uid, out)
+
+        local = self._cache.fetch(sop_uid, download)
+        return local, fetched
+
+    def _note_open(self, series_parts: tuple[str, ...], entry: _Entry) -> None:
+        """Tell read-ahead which instance of its series (in readdir order) is being opened."""
+        with self._lock:
+            listing = self._dirs.get(series_parts)
+        if listing is None or listing.positions is None:
+            return
+        index = listing.positions.get(entry.name)
+        if index is not None:
+            self._readahead.opened(entry.series_uid, listing.sop_uids, index, _estimate(entry.series))
+
+    # --- resolution ---------------------------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> _Entry:
+        return self._resolve_parts(_split(path))
+
+    def _resolve_parts(self, parts: Sequence[str]) -> _Entry:
+        entry = _ROOT
+        for depth, part in enumerate(parts):
+            if entry.kind == "instance":
+                raise NotFoundError(f"not a directory: /{'/'.join(parts[:depth])}")
+            parent = tuple(parts[:depth])
+            listing = self._dir(parent, entry)
+            child = listing.entries.get(part)
+            if child is None:
+                child = self._miss(parent, entry, part, listing)
+            entry = child
+        return entry
+
+    def _miss(self, parent: tuple[str, ...], entry: _Entry, part: str, listing: _Dir) -> _Entry:
+        """A name not in a listing: negative cache, else one re-listing if the listing is old enough."""
+        key = (*parent, part)
+        with self._lock:
+            known_missing = self._negative.get(key, False)
+        where = "/" + "/".join(key)
+        if known_missing:
+            raise NotFoundError(f"no such entry: {where}")
+        now = time.time()
+        if listing.refreshable and now - listing.fetched_at >= self.options.negative_ttl:
+            log.debug(
+                "%s not in a listing fetched %.0f s ago; listing again", where, now - listing.fetched_at
+            )
+            fresh = self._dir(parent, entry, fresh_after=now)
+            child = fresh.entries.get(part)
+            if child is not None:
+                return child
+        with self._lock:
+            self._negative[key] = True
+        raise NotFoundError(f"no such entry: {where}")
+
+    def _dir(self, parts: tuple[str, ...], entry: _Entry, fresh_after: float = -math.inf) -> _Dir:
+        with self._lock:
+            cached = self._dirs.get(parts)
+        if cached is not None and cached.fetched_at >= fresh_after:
+            return cached
+        built = self._build(entry, fresh_after)
+        with self._lock:
+            _remember(self._dirs, parts, built)
+        return built
+
+    def _build(self, entry: _Entry, fresh_after: float) -> _Dir:
+        kind = entry.kind
+        if kind == "root":
+            return self._build_root(fresh_after)
+        if kind == "collection":
+            return self._build_collection(entry, fresh_after)
+        if kind == "patient":
+            return self._build_patient(entry, fresh_after)
+        if kind == "study":
+            return self._build_study(entry, fresh_after)
+        if kind == "series":
+            return self._build_series(entry, fresh_after)
+        raise NotFoundError(f"not a directory: {entry.name}")
+
+    def _make_dir(
+        self,
+        wanted: dict[str, tuple[str, _Entry]],
+        fetched_at: float,
+        widen: Callable[[str, int], str] | None = None,
+        refreshable: bool = True,
+    ) -> _Dir:
+        """``{key: (wanted name, entry)}`` -> a listing with unique names (see :func:`names.unique_names`)."""
+        final = names.unique_names({k: name for k, (name, _e) in wanted.items()}, widen)
+        entries: dict[str, _Entry] = {}
+        for key, (_name, child) in wanted.items():
+            name = final[key]
+            entries[name] = child if child.name == name else _replace_name(child, name)
+        return _Dir(
+            entries=entries,
+            names=tuple(sorted(entries)),
+            fetched_at=fetched_at,
+            expires=fetched_at + self._ttl,
+            refreshable=refreshable,
+        )
+
+    # --- the five kinds of directory ----------------------------------------------------------------------
+
+    def _wants_collection(self, collection: str) -> bool:
+        return self._wanted is None or collection.casefold() in self._wanted
+
+    def _build_root(self, fresh_after: float) -> _Dir:
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        if self.options.series_filter is not None:
+            fetched_at, filtered = self._filtered_series(fresh_after)
+            collections = {s.collection for s in filtered if s.collection}
+            refreshable = False
+        else:
+            fetched_at, rows = self._answer("collections", self._client.collections, fresh_after)
+            collections = {c for c in rows if isinstance(c, str) and c}
+            refreshable = True
+        for collection in collections:
+            if self._wants_collection(collection):
+                child = _Entry(kind="collection", name=names.safe_name(collection), collection=collection)
+                wanted[collection] = (child.name, child)
+        return self._make_dir(wanted, fetched_at, refreshable=refreshable)
+
+    def _build_collection(self, entry: _Entry, fresh_after: float) -> _Dir:
+        collection = entry.collection
+        patients: list[Patient]
+        if self.options.series_filter is not None:
+            fetched_at, filtered = self._filtered_series(fresh_after)
+            ids = sorted({s.patient_id for s in filtered if s.collection == collection and s.patient_id})
+            patients = [
+                Patient(patient_id=p, collection=collection, raw={"PatientID": p, "Collection": collection})
+                for p in ids
+            ]
+            refreshable = False
+        else:
+            fetched_at, rows = self._answer(
+                _key("patients", collection),
+                lambda: self._client.patients(collection=collection),
+                fresh_after,
+            )
+            patients = [p for p in rows if isinstance(p, Patient) and _same(p.collection, collection)]
+            refreshable = True
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        for patient in patients:
+            if patient.patient_id in wanted:
+                continue
+            child = _Entry(
+                kind="patient",
+                name=names.safe_name(patient.patient_id),
+                collection=collection,
+                patient_id=patient.patient_id,
+                record=patient,
+            )
+            wanted[patient.patient_id] = (child.name, child)
+        return self._make_dir(wanted, fetched_at, refreshable=refreshable)
+
+    def _build_patient(self, entry: _Entry, fresh_after: float) -> _Dir:
+        collection, patient_id = entry.collection, entry.patient_id
+        fetched_at, rows = self._answer(
+            _key("studies", collection, patient_id),
+            lambda: self._client.studies(collection, patient_id=patient_id),
+            fresh_after,
+        )
+        studies = [
+            s
+            for s in rows
+            if isinstance(s, Study) and _same(s.patient_id, patient_id) and _same(s.collection, collection)
+        ]
+        if self.options.series_filter is not None:
+            filter_at, filtered = self._filtered_series(fresh_after)
+            fetched_at = min(fetched_at, filter_at)
+            keep = {
+                s.study_instance_uid
+                for s in filtered
+                if s.collection == collection and s.patient_id == patient_id
+            }
+            studies = [s for s in studies if s.study_instance_uid in keep]
+        descriptive = self.options.layout == "descriptive"
+        by_uid: dict[str, Study] = {}
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        for study in studies:
+            uid = study.study_instance_uid
+            if not uid or uid in wanted:
+                continue
+            by_uid[uid] = study
+            name = (
+                names.descriptive_study_name(uid, study.study_date, study.study_id, study.study_description)
+                if descriptive
+                else names.uid_name(uid)
+            )
+            child = _Entry(
+                kind="study",
+                name=name,
+                collection=collection,
+                patient_id=patient_id,
+                study_uid=uid,
+                record=study,
+                mtime=_timestamp(study.study_date) or _EPOCH,
+            )
+            wanted[uid] = (name, child)
+
+        def widen(uid: str, digits: int) -> str:
+            s = by_uid[uid]
+            return names.descriptive_study_name(
+                uid, s.study_date, s.study_id, s.study_description, tail=digits
+            )
+
+        return self._make_dir(wanted, fetched_at, widen if descriptive else None)
+
+    def _build_study(self, entry: _Entry, fresh_after: float) -> _Dir:
+        collection, patient_id, study_uid = entry.collection, entry.patient_id, entry.study_uid
+        if self.options.series_filter is not None:
+            fetched_at, rows = self._filtered_series(fresh_after)
+            refreshable = False
+        else:
+            fetched_at, rows = self._answer(
+                _key("series", collection, patient_id),
+                lambda: self._client.series(collection=collection, patient_id=patient_id),
+                fresh_after,
+            )
+            refreshable = True
+        series_list = [
+            s
+            for s in rows
+            if isinstance(s, Series)
+            and s.study_instance_uid == study_uid
+            and _same(s.patient_id, patient_id)
+            and _same(s.collection, collection)
+        ]
+        descriptive = self.options.layout == "descriptive"
+        by_uid: dict[str, Series] = {}
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        for series in series_list:
+            uid = series.series_instance_uid
+            if not uid or uid in wanted:
+                continue
+            by_uid[uid] = series
+            name = (
+                names.descriptive_series_name(uid, series.series_number, series.series_description)
+                if descriptive
+                else names.uid_name(uid)
+            )
+            child = _Entry(
+                kind="series",
+                name=name,
+                collection=collection,
+                patient_id=patient_id,
+                study_uid=study_uid,
+                series_uid=uid,
+                record=series,
+                series=series,
+                mtime=_series_mtime(series, entry.mtime),
+            )
+            wanted[uid] = (name, child)
+
+        def widen(uid: str, digits: int) -> str:
+            s = by_uid[uid]
+            return names.descriptive_series_name(uid, s.series_number, s.series_description, tail=digits)
+
+        return self._make_dir(wanted, fetched_at, widen if descriptive else None, refreshable=refreshable)
+
+    def _build_series(self, entry: _Entry, fresh_after: float) -> _Dir:
+        series_uid = entry.series_uid
+        fetched_at, rows = self._answer(
+            _key("sops", series_uid), lambda: self._client.sop_instance_uids(series_uid), fresh_after
+        )
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        for sop in rows:
+            if not isinstance(sop, str) or not sop or sop in wanted:
+                continue
+            child = _Entry(
+                kind="instance",
+                name=names.instance_name(sop),
+                collection=entry.collection,
+                patient_id=entry.patient_id,
+                study_uid=entry.study_uid,
+                series_uid=series_uid,
+                sop_uid=sop,
+                series=entry.series,
+                mtime=entry.mtime,
+            )
+            wanted[sop] = (child.name, child)
+        listing = self._make_dir(wanted, fetched_at)
+        return replace(
+            listing,
+            sop_uids=tuple(listing.entries[name].sop_uid for name in listing.names),
+            positions={name: i for i, name in enumerate(listing.names)},
+        )
+
+    def _filtered_series(self, fresh_after: float) -> tuple[float, list[Series]]:
+        """The visible series of ``options.series_filter`` (one getSeries each, 8 at a time, all cached)."""
+        uids = sorted(self.options.series_filter or ())
+        if not uids:
+            return time.time(), []
+
+        def one(uid: str) -> tuple[float, list[Any]]:
+            try:
+                return self._answer(
+                    _key("series-uid", uid), lambda: self._client.series(series_instance_uid=uid), fresh_after
+                )
+            except (NotFoundError, AccessDeniedError) as exc:
+                # An invisible series is simply absent, as it is from any listing.
+                log.info("series %s of the filter is not available: %s", uid, exc)
+                return time.time(), []
+
+        if len(uids) == 1:
+            answers = [one(uids[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(FILTER_WORKERS, len(uids))) as pool:
+                answers = list(pool.map(one, uids))
+        fetched_at = min(a[0] for a in answers)
+        found: list[Series] = []
+        for uid, (_at, rows) in zip(uids, answers, strict=True):
+            found.extend(s for s in rows if isinstance(s, Series) and s.series_instance_uid == uid)
+        return fetched_at, found
+
+    # --- answers: memory, disk, single flight -------------------------------------------------------------
+
+    def _answer(
+        self, key: str, load: Callable[[], Iterable[Any]], fresh_after: float = -math.inf
+    ) -> tuple[float, list[Any]]:
+        """``(fetched_at, rows)`` of ``key``: from memory, else the metastore, else one shared request.
+
+        Only an answer fetched at or after ``fresh_after`` is accepted from the caches.
+        """
+        hit = self._remembered(key, fresh_after)
+        if hit is not None:
+            return hit
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = Future()
+                self._flights[key] = flight
+        if not leader:
+            try:
+                return flight.result(timeout=FLIGHT_WAIT)
+            except FutureTimeoutError:
+                raise RequestTimeoutError(
+                    f"gave up waiting {FLIGHT_WAIT:.0f} s for listing {key!r}"
+                ) from None
+        try:
+            # Another leader may have finished between our cache check and taking the flight.
+            answer = self._remembered(key, fresh_after)
+            if answer is None:
+                log.debug("listing %r from the server", key.replace(_SEP, "/"))
+                rows = list(load())
+                answer = (time.time(), rows)
+                with self._lock:
+                    _remember(self._answers, key, answer)
+                if self._store is not None:
+                    self._store.put(key, encode_records(rows), fetched_at=answer[0])
+            flight.set_result(answer)
+            return answer
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        finally:
+            with self._flights_lock:
+                self._flights.pop(key, None)
+
+    def _remembered(self, key: str, fresh_after: float) -> tuple[float, list[Any]] | None:
+        with self._lock:
+            hit = self._answers.get(key)
+        if hit is not None and hit[0] >= fresh_after:
+            return hit
+        if self._store is None:
+            return None
+        stored = self._store.get(key, self._ttl)
+        if stored is None or stored[0] < fresh_after:
+            return None
+        try:
+            answer = (stored[0], decode_records(stored[1]))
+        except ValueError as exc:
+            log.warning("stored listing %r unreadable (%s); asking the server", key, exc)
+            return None
+        with self._lock:
+            _remember(self._answers, key, answer)
+        return answer
+
+
+def _remember(cache: TLRUCache[Any, Any], key: Any, value: Any) -> None:
+    """Insert into a bounded cache; a value larger than the whole cache is simply not kept in memory."""
+    try:
+        cache[key] = value
+    except ValueError:
+        log.debug("listing %r too large to keep in memory", key)
+
+
+def _key(kind: str, *parts: str) -> str:
+    return _SEP.join((kind, *parts))
+
+
+def _same(value: str | None, expected: str) -> bool:
+    """A row's field matches (the server filters Collection/PatientID case-insensitively; we do not)."""
+    return value is None or value == expected
+
+
+def _replace_name(entry: _Entry, name: str) -> _Entry:
+    return replace(entry, name=name)

@@ -1,0 +1,391 @@
+"""InstanceCache: LRU by bytes, persistence, single flight across threads and processes, crash leftovers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from nbiafs.errors import ConfigError, NetworkError
+from nbiafs.fs.instance_cache import (
+    CacheError,
+    InstanceCache,
+    default_cache_dir,
+    entry_name,
+    format_size,
+    key_from_name,
+    parse_size,
+)
+
+UID = "1.3.6.1.4.1.14519.5.2.1.7695.1700.{}"
+
+
+def writer(data: bytes, calls: list[str] | None = None, delay: float = 0.0) -> Callable[[BinaryIO], int]:
+    """A download callable writing ``data`` (in two chunks, ``delay`` seconds apart), recording its calls."""
+
+    def download(out: BinaryIO) -> int:
+        if calls is not None:
+            calls.append(threading.current_thread().name)
+        out.write(data[: len(data) // 2])
+        time.sleep(delay)
+        out.write(data[len(data) // 2 :])
+        return len(data)
+
+    return download
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[InstanceCache]:
+    c = InstanceCache(tmp_path / "cache", 1000)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_fetch_then_get_and_peek(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    assert cache.get(key) is None
+    assert cache.peek(key) is None
+    path = cache.fetch(key, writer(b"x" * 100))
+    assert path.read_bytes() == b"x" * 100
+    assert cache.peek(key) == 100
+    assert cache.get(key) == path
+    # fetching again is a hit: the download is not called
+    assert cache.fetch(key, writer(b"never")) == path
+    info = cache.info()
+    assert (info.entries, info.total_bytes, info.hits, info.misses, info.max_bytes) == (1, 100, 2, 1, 1000)
+
+
+def test_peek_counts_nothing(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    cache.fetch(key, writer(b"x" * 10))
+    for _ in range(5):
+        assert cache.peek(key) == 10
+    assert cache.info().hits == 0
+
+
+def test_lru_order_and_bound(cache: InstanceCache) -> None:
+    keys = [UID.format(i) for i in range(4)]
+    for key in keys[:3]:
+        cache.fetch(key, writer(b"a" * 300))
+        time.sleep(0.01)  # distinct access times
+    assert cache.get(keys[0]) is not None  # keys[0] is now the most recently used; keys[1] the least
+    time.sleep(0.01)
+    cache.fetch(keys[3], writer(b"b" * 300))  # 1200 > 1000: evict one
+    assert cache.peek(keys[1]) is None
+    assert [cache.peek(k) for k in (keys[0], keys[2], keys[3])] == [300, 300, 300]
+    time.sleep(0.01)
+    cache.fetch(UID.format(9), writer(b"c" * 500))  # 1400: evict keys[2] then keys[0]
+    assert cache.peek(keys[2]) is None and cache.peek(keys[0]) is None
+    info = cache.info()
+    assert info.total_bytes == 800 <= 1000
+    assert info.entries == 2
+
+
+def test_entry_larger_than_the_bound_is_returned_then_evicted(cache: InstanceCache) -> None:
+    cache.fetch(UID.format(1), writer(b"s" * 100))
+    big = cache.fetch(UID.format(2), writer(b"B" * 5000))
+    assert big.read_bytes() == b"B" * 5000  # the caller gets it
+    assert cache.peek(UID.format(1)) is None  # everything else went
+    assert cache.info().entries == 1
+    cache.fetch(UID.format(3), writer(b"t" * 10))  # the next fetch evicts it
+    assert cache.peek(UID.format(2)) is None
+    assert cache.info().total_bytes == 10
+
+
+def test_persistence_across_instances(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10_000) as first:
+        path = first.fetch(UID.format(1), writer(b"d" * 42))
+        assert first.get(UID.format(1)) == path
+    with InstanceCache(directory, 10_000) as second:
+        assert second.peek(UID.format(1)) == 42
+        assert second.get(UID.format(1)) == path
+        info = second.info()
+        assert (info.entries, info.total_bytes, info.misses, info.hits) == (1, 42, 1, 2)
+
+
+def test_access_times_are_flushed_in_the_background(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10_000, flush_interval=0.05) as first:
+        first.fetch(UID.format(1), writer(b"d" * 42))
+        first.get(UID.format(1))
+        with InstanceCache(directory, None) as other:  # another process's view: the index only
+            deadline = time.monotonic() + 5
+            while other.info().hits != 1:
+                assert time.monotonic() < deadline, "the hit was never written to the index"
+                time.sleep(0.02)
+
+
+def test_eight_threads_share_one_download(cache: InstanceCache) -> None:
+    calls: list[str] = []
+    results: list[Path] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8, timeout=10)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(cache.fetch(UID.format(1), writer(b"z" * 200, calls, delay=0.2)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(calls) == 1
+    assert len(results) == 8 and len(set(results)) == 1
+    assert results[0].read_bytes() == b"z" * 200
+    info = cache.info()
+    assert (info.misses, info.hits) == (1, 7)
+
+
+def test_threads_share_the_error_and_leave_nothing(cache: InstanceCache) -> None:
+    calls: list[str] = []
+
+    def failing(out: BinaryIO) -> int:
+        calls.append("x")
+        out.write(b"partial")
+        time.sleep(0.2)
+        raise NetworkError("connection reset mid-body")
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cache.fetch(UID.format(1), failing)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert len(calls) == 1
+    assert len(errors) == 4 and all(isinstance(e, NetworkError) for e in errors)
+    assert leftovers(cache.directory) == []
+    assert cache.peek(UID.format(1)) is None
+    assert cache.info().entries == 0
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Every file under data/ and locks/ (the index aside)."""
+    return sorted(
+        str(p.relative_to(directory))
+        for sub in ("data", "locks")
+        for p in (directory / sub).rglob("*")
+        if not p.is_dir()
+    )
+
+
+def test_partial_download_never_under_the_final_name(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    final = cache.path_for(key)
+    seen: list[bool] = []
+
+    def download(out: BinaryIO) -> int:
+        out.write(b"half")
+        out.flush()
+        seen.append(final.exists())
+        parts = [p.name for p in final.parent.iterdir() if p.name.endswith(".part")]
+        seen.append(len(parts) == 1)
+        raise ConfigError("refused")
+
+    with pytest.raises(ConfigError, match="refused"):
+        cache.fetch(key, download)
+    assert seen == [False, True]
+    assert not final.exists()
+    assert leftovers(cache.directory) == []
+    # an interrupt is no different
+    with pytest.raises(KeyboardInterrupt):
+        cache.fetch(key, lambda out: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert leftovers(cache.directory) == []
+
+
+def test_clear_while_a_file_is_open(cache: InstanceCache) -> None:
+    path = cache.fetch(UID.format(1), writer(b"open" * 10))
+    cache.fetch(UID.format(2), writer(b"2"))
+    with open(path, "rb") as handle:
+        assert cache.clear() == 2
+        assert handle.read() == b"open" * 10
+    assert cache.get(UID.format(1)) is None
+    info = cache.info()
+    assert (info.entries, info.total_bytes, info.hits, info.misses) == (0, 0, 0, 0)
+    assert cache.fetch(UID.format(1), writer(b"again")).read_bytes() == b"again"
+
+
+def test_recovery_when_files_vanish(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10_000) as c:
+        paths = [c.fetch(UID.format(i), writer(bytes([i]) * 100)) for i in range(3)]
+        paths[0].unlink()  # behind the cache's back
+        assert c.get(UID.format(0)) is None
+        calls: list[str] = []
+        assert c.fetch(UID.format(0), writer(b"n" * 7, calls)).read_bytes() == b"n" * 7
+        assert calls and c.info().total_bytes == 207
+        paths[1].unlink()
+        c.reconcile()
+        info = c.info()
+        assert (info.entries, info.total_bytes) == (2, 107)
+    paths[2].unlink()
+    with InstanceCache(directory, 10_000) as again:
+        info = again.info()
+        assert (info.entries, info.total_bytes) == (1, 7)
+
+
+def test_unindexed_file_is_adopted_and_stale_leftovers_removed(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10_000) as c:
+        key = UID.format(5)
+        final = c.path_for(key)
+    # what a process killed between rename and commit, and one killed mid-download, leave behind
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_bytes(b"orphan")
+    stale = final.parent / (entry_name(UID.format(6)) + ".abc123.part")
+    stale.write_bytes(b"half")
+    (directory / "locks" / (entry_name(UID.format(6)) + ".lock")).write_bytes(b"")
+    with InstanceCache(directory, 10_000) as c:
+        assert not stale.exists()
+        assert not (directory / "locks" / (entry_name(UID.format(6)) + ".lock")).exists()
+        info = c.info()
+        assert (info.entries, info.total_bytes) == (1, 6)
+        assert c.get(key) == final
+
+
+def test_stale_part_of_the_key_is_removed_when_fetching(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    final = cache.path_for(key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stale = final.parent / (final.name + ".dead01.part")
+    stale.write_bytes(b"junk")
+    cache.fetch(key, writer(b"fresh"))
+    assert not stale.exists()
+
+
+def test_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with InstanceCache(tmp_path / "new" / "cache", 10_000) as c:
+            path = c.fetch(UID.format(1), writer(b"secret"))
+            c.get(UID.format(1))
+    finally:
+        os.umask(old)
+    directory = tmp_path / "new" / "cache"
+    for p in [directory, *directory.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), f"{p}: {oct(mode)}"
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_keys_are_escaped(cache: InstanceCache) -> None:
+    for key in ("../../etc/passwd", ".", "a/b", "x" * 300, "é.1", "h-" + "0" * 64):
+        path = cache.fetch(key, writer(key.encode()))
+        assert path.parent.parent == cache.directory / "data"
+        assert "/" not in path.name and len(path.name) < 255
+        assert cache.get(key) == path and path.read_bytes() == key.encode()
+    assert key_from_name(entry_name("a/b")) == "a/b"
+    assert key_from_name(entry_name("x" * 300)) is None
+    assert entry_name(UID.format(1)) == UID.format(1) + ".dcm"
+    # the long (hashed) key survives a reconcile
+    cache.reconcile()
+    assert cache.peek("x" * 300) == 300
+
+
+def test_unwritable_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError):
+        InstanceCache(blocker / "cache", 100)
+
+
+def test_disk_error_while_caching_is_a_cache_error(cache: InstanceCache) -> None:
+    def bad(out: BinaryIO) -> int:
+        out.write(b"x")
+        os.close(out.fileno())  # the fsync after it fails with EBADF
+        return 1
+
+    with pytest.raises(CacheError):
+        cache.fetch(UID.format(1), bad)
+    assert cache.peek(UID.format(1)) is None
+
+
+def _process_fetch(directory: str, counter: str, barrier: multiprocessing.synchronize.Barrier) -> None:
+    """Runs in a child process: fetch one key whose download appends a line to ``counter``."""
+
+    def download(out: BinaryIO) -> int:
+        with open(counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        out.write(b"shared" * 100)
+        return 600
+
+    with InstanceCache(Path(directory), 100_000) as c:
+        barrier.wait(timeout=30)
+        path = c.fetch(UID.format(7), download)
+        assert path.read_bytes() == b"shared" * 100
+
+
+def test_two_processes_share_one_download(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    counter = tmp_path / "downloads"
+    directory = tmp_path / "c"
+    args = (str(directory), str(counter), barrier)
+    procs = [ctx.Process(target=_process_fetch, args=args) for _ in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [p.exitcode for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    assert len(counter.read_text().splitlines()) == 1
+    with InstanceCache(directory, None) as c:
+        info = c.info()
+        assert (info.entries, info.misses, info.hits) == (1, 1, 1)
+
+
+def test_parse_size() -> None:
+    assert parse_size("20G") == 20 * 1024**3
+    assert parse_size("512m") == 512 * 1024**2
+    assert parse_size("1.5K") == 1536
+    assert parse_size("2TiB") == 2 * 1024**4
+    assert parse_size("10GB") == 10 * 1024**3
+    assert parse_size(" 4096 ") == 4096
+    assert parse_size("100B") == 100
+    for bad in ("", "G", "20X", "-1G", "0", "1 G G", "ten"):
+        with pytest.raises(ConfigError):
+            parse_size(bad)
+
+
+def test_format_size() -> None:
+    assert format_size(5) == "5 B"
+    assert format_size(1536) == "1.5 KiB"
+    assert format_size(20 * 1024**3) == "20.0 GiB"
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "nbiafs"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "nbiafs"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "nbiafs"
