@@ -1,41 +1,34 @@
-"""The typed error hierarchy shared by every layer.
+"""One error tree, by meaning, shared by the client, the filesystem layer and the command line.
 
-Only :mod:`nbiafs.fuse.adapter` turns these into errno values (see ``docs/semantics.md``)::
+Each class says what went wrong for the user, not where it was noticed, and carries the errno a filesystem
+operation answers with (``errno``); only :mod:`nbiafs.fuse` turns them into errno values::
 
-    NbiaError
-    ├── ConfigError              bad profile, option, manifest or credentials file
-    ├── AuthenticationError      the token endpoint refused the credentials (or refresh and re-login failed)
-    ├── RequestError             the server answered 4xx; ``status`` and the server's own ``message``
-    │   ├── BadRequestError      400 for a missing/unknown parameter
-    │   ├── AccessDeniedError    401/403 after a refresh, or 400 "not been granted access"
-    │   └── NotFoundError        the thing named does not exist (empty answer where one row was needed)
-    ├── ServerError              5xx, or 429, still failing after every retry
-    ├── NetworkError             connection refused/reset or cut mid-body, after every retry
-    │   └── RequestTimeoutError  no answer (or no progress in a body) within the timeout
-    └── ResponseFormatError      an answer that is not what was expected (a ZIP where JSON was expected, ...)
+    NbiaError                    EIO     base of every error nbiafs raises on purpose
+    ├── ConfigError              EINVAL  a bad option, profile, manifest, credentials file or cache directory
+    ├── NotFoundError            ENOENT  the collection, patient, study, series, instance or path does not exist
+    ├── AccessDeniedError        EACCES  this account may not see or download it
+    │   └── AuthenticationError  EACCES  the credentials were refused (or no valid token could be had)
+    ├── UnavailableError         EIO     the server could not be reached, or the connection broke mid-answer
+    │   └── RequestTimeoutError  EIO     no answer, or no progress in a body, within the deadline
+    ├── ServerError              EIO     the server answered with a failure (5xx, 429) after every retry
+    ├── BadRequestError          EIO     the server rejected the request's parameters (HTTP 400)
+    ├── BadResponseError         EIO     an answer that is not what the endpoint promises
+    └── CacheError               EIO     the local cache could not be read or written
+        └── NoSpaceError         ENOSPC  no room left in the cache's file system, even after eviction
+
+``status`` is the HTTP status the error came from (0 when none), ``url`` the request URL (never with a
+credential in it).
 """
 
 from __future__ import annotations
 
+import errno as _errno
+
 
 class NbiaError(Exception):
-    """Base of every error nbiafs raises on purpose."""
+    """Base of every error nbiafs raises on purpose; ``errno`` is what a filesystem operation answers."""
 
-
-class ConfigError(NbiaError):
-    """A bad option, profile, manifest or credentials file: the user must fix something."""
-
-
-class AuthenticationError(NbiaError):
-    """The token endpoint refused the credentials, or no valid token could be obtained."""
-
-
-class RequestError(NbiaError):
-    """The server answered with a 4xx status.
-
-    ``status`` is the HTTP status, ``message`` the server's own text (plain text on NBIA), ``url`` the
-    request URL with any ``api_key`` removed.
-    """
+    errno: int = _errno.EIO
 
     def __init__(self, message: str, *, status: int = 0, url: str = "") -> None:
         super().__init__(message)
@@ -44,38 +37,60 @@ class RequestError(NbiaError):
         self.url = url
 
     def __str__(self) -> str:
+        code = f"HTTP {self.status}: " if self.status and not self.message.startswith("HTTP ") else ""
         where = f" ({self.url})" if self.url else ""
-        code = f"HTTP {self.status}: " if self.status else ""
         return f"{code}{self.message}{where}"
 
 
-class BadRequestError(RequestError):
-    """HTTP 400 for a missing, malformed or (on v4) unknown parameter."""
+class ConfigError(NbiaError):
+    """A bad option, profile, manifest, credentials file or cache directory: the user must fix something."""
+
+    errno = _errno.EINVAL
 
 
-class AccessDeniedError(RequestError):
-    """The user may not see this data: a 401/403 a token refresh did not cure, or NBIA's 400 "not granted"."""
+class NotFoundError(NbiaError):
+    """The named collection, patient, study, series, instance or path does not exist (or is invisible)."""
+
+    errno = _errno.ENOENT
 
 
-class NotFoundError(RequestError):
-    """The named collection, patient, study, series or instance does not exist (or is invisible)."""
+class AccessDeniedError(NbiaError):
+    """This account may not see or download the data (a refused image, a 401/403 a refresh did not cure)."""
+
+    errno = _errno.EACCES
+
+
+class AuthenticationError(AccessDeniedError):
+    """The token endpoint refused the credentials, or no valid token could be obtained."""
+
+
+class UnavailableError(NbiaError):
+    """The server could not be reached (refused, reset, name resolution) or cut an answer short, after every
+    retry."""
+
+
+class RequestTimeoutError(UnavailableError):
+    """No answer, or no progress in a body, within the configured deadline (seconds)."""
 
 
 class ServerError(NbiaError):
-    """The server kept failing (5xx or 429) after every retry. ``status`` is the last status seen."""
-
-    def __init__(self, message: str, *, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+    """The server kept answering with a failure (5xx or 429) after every retry; ``status`` is the last one."""
 
 
-class NetworkError(NbiaError):
-    """The connection failed (refused, reset, cut mid-body) after every retry."""
+class BadRequestError(NbiaError):
+    """The server rejected the request's parameters (HTTP 400 for a missing, malformed or unknown one)."""
 
 
-class RequestTimeoutError(NetworkError):
-    """No answer, or no progress in a body, within the configured timeout (seconds)."""
+class BadResponseError(NbiaError):
+    """The answer is not what the endpoint promises (a ZIP or HTML where JSON was expected, bad JSON, a body
+    that is not the DICOM instance asked for)."""
 
 
-class ResponseFormatError(NbiaError):
-    """The answer is not what the endpoint promises (a ZIP or HTML where JSON was expected, bad JSON)."""
+class CacheError(NbiaError):
+    """The local cache directory could not be read or written."""
+
+
+class NoSpaceError(CacheError):
+    """The cache's file system is full and nothing more could be evicted."""
+
+    errno = _errno.ENOSPC

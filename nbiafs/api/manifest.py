@@ -49,7 +49,7 @@ class Manifest:
 
     @property
     def series_filter(self) -> frozenset[str]:
-        """The series as a set, ready for ``TreeOptions.series_filter``."""
+        """The series as a set, ready for ``TreeSettings.series_filter``."""
         return frozenset(self.series_instance_uids)
 
 

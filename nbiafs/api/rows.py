@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from nbiafs.api.records import Patient, Row, Series, SeriesMetadata, SeriesSize, Study
-from nbiafs.errors import ResponseFormatError
+from nbiafs.errors import BadResponseError
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,18 @@ def describe_body(content: bytes, content_type: str = "") -> str | None:
 def parse_json_rows(content: bytes, content_type: str = "", what: str = "the server") -> list[Row]:
     """The rows of a JSON answer: an empty body is no rows, an object one row, bare values ``{"value": v}``.
 
-    Raises ResponseFormatError (naming ``what``) for a ZIP, HTML or anything else that is not JSON.
+    Raises BadResponseError (naming ``what``) for a ZIP, HTML or anything else that is not JSON.
     """
     if not content.strip():
         return []
     kind = describe_body(content, content_type)
     if kind is not None:
-        raise ResponseFormatError(f"{what} answered with {kind} where JSON was expected")
+        raise BadResponseError(f"{what} answered with {kind} where JSON was expected")
     try:
         data = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         snippet = content[:80].decode("utf-8", "replace")
-        raise ResponseFormatError(f"{what} answered with something that is not JSON: {snippet!r}") from exc
+        raise BadResponseError(f"{what} answered with something that is not JSON: {snippet!r}") from exc
     if isinstance(data, dict):
         return [data]
     if not isinstance(data, list):
@@ -84,7 +84,7 @@ def parse_csv_rows(content: bytes | str, what: str = "the server") -> list[Row]:
     if isinstance(content, bytes):
         kind = describe_body(content)
         if kind is not None:
-            raise ResponseFormatError(f"{what} answered with {kind} where CSV was expected")
+            raise BadResponseError(f"{what} answered with {kind} where CSV was expected")
     reader = csv.DictReader(io.StringIO(text))
     return [{k.strip(): v for k, v in row.items() if k and v not in (None, "")} for row in reader]
 
@@ -239,7 +239,7 @@ def values(rows: Iterable[Row], key: str) -> list[str]:
 def _required(row: Row, what: str, *keys: str) -> str:
     value = to_str(get(row, *keys))
     if value is None:
-        raise ResponseFormatError(f"a {what} row without {keys[0]}: {sorted(row)}")
+        raise BadResponseError(f"a {what} row without {keys[0]}: {sorted(row)}")
     return value
 
 
@@ -338,7 +338,7 @@ def parse_series_size(row: Row) -> SeriesSize:
     total = to_int(get(row, "TotalSizeInBytes", "totalSizeInBytes"))
     count = to_int(get(row, "ObjectCount", "objectCount"))
     if total is None and count is None:
-        raise ResponseFormatError(f"a getSeriesSize row without TotalSizeInBytes/ObjectCount: {sorted(row)}")
+        raise BadResponseError(f"a getSeriesSize row without TotalSizeInBytes/ObjectCount: {sorted(row)}")
     return SeriesSize(total_size_in_bytes=total or 0, object_count=count or 0, raw=dict(row))
 
 
@@ -350,6 +350,6 @@ def parse_all(rows: Iterable[Row], parse: Callable[[Row], T]) -> list[T]:
             continue
         try:
             out.append(parse(row))
-        except ResponseFormatError as exc:
+        except BadResponseError as exc:
             log.debug("skipping row: %s", exc)
     return out

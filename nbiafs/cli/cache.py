@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from nbiafs.cli.logs import add_logging_options
-from nbiafs.fs.instance_cache import INDEX_NAME, InstanceCache, default_cache_dir, format_size
+from nbiafs.fs.instance_cache import INDEX_NAME, InstanceCache
 from nbiafs.fs.listing_store import DB_NAME, MetaStore
+from nbiafs.settings import default_cache_dir, format_size
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from nbiafs.api.profiles import resolve_profile
 from nbiafs.cli.logs import add_logging_options
-from nbiafs.cli.mount import LAYOUTS, MountSettings, serve
+from nbiafs.mounting import MountSettings, run_mount
+from nbiafs.settings import LAYOUTS, CacheSettings, TreeSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: a temporary one)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="descriptive", help="directory names")
+    parser.add_argument("--layout", choices=LAYOUTS, default=TreeSettings().layout, help="directory names")
     add_logging_options(parser)
     parser.set_defaults(func=run)
 
@@ -55,7 +56,7 @@ Stop it with Ctrl-C here, or: nbiafs umount {mp}"""
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbiafs.fuse.adapter import check_mountpoint
+    from nbiafs.fuse.mount import check_mountpoint
     from nbiafs.server import ArchiveServer, ServerConfig
 
     mountpoint = check_mountpoint(args.mountpoint)
@@ -73,15 +74,14 @@ def run(args: argparse.Namespace) -> int:
             mountpoint=mountpoint,
             profile=resolve_profile(api_url=f"{srv.url}/nbia-api/services/v2"),
             credentials=None,  # the guest account, over OAuth
-            cache_dir=cache_dir,
-            cache_size=DEMO_CACHE_SIZE,
-            layout=args.layout,
+            tree=TreeSettings(layout=args.layout),
+            cache=CacheSettings(directory=cache_dir, max_bytes=DEMO_CACHE_SIZE),
         )
 
         def on_ready() -> None:
             print(instructions(mountpoint, srv.url), flush=True)
 
-        serve(settings, on_ready=on_ready)
+        run_mount(settings, on_ready=on_ready)
         print("nbiafs demo: unmounted, server stopped", flush=True)
     finally:
         srv.stop()

@@ -18,46 +18,29 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nbiafs import settings
 from nbiafs.api.credentials import Credentials
+from nbiafs.api.manifest import load_manifest
 from nbiafs.api.profiles import ServerProfile
 from nbiafs.cli.logs import add_logging_options
-from nbiafs.cli.options import add_server_options, credentials_from_args, profile_from_args
-from nbiafs.errors import AuthenticationError, ConfigError, NbiaError
-
-if TYPE_CHECKING:
-    from nbiafs.api.client import NbiaClient
+from nbiafs.cli.options import (
+    add_server_options,
+    client_settings_from_args,
+    credentials_from_args,
+    profile_from_args,
+)
+from nbiafs.errors import ConfigError, NbiaError
+from nbiafs.mounting import MountSettings, run_mount
+from nbiafs.settings import CacheSettings, TreeSettings, format_size, parse_size
 
 log = logging.getLogger(__name__)
 
 #: Seconds the parent waits for the daemon to log in and mount before giving up on it.
 READY_TIMEOUT = 120.0
-LAYOUTS = ("descriptive", "uid")
-
-
-@dataclass
-class MountSettings:
-    """Everything the mounting process needs, resolved before any fork (paths absolute)."""
-
-    mountpoint: str
-    profile: ServerProfile
-    credentials: Credentials | None = field(repr=False)
-    cache_dir: Path
-    cache_size: int
-    layout: str = "descriptive"
-    collections: tuple[str, ...] | None = None
-    series_filter: frozenset[str] | None = None
-    cart: str | None = None
-    listing_ttl: float = 86400.0
-    negative_ttl: float = 30.0
-    readahead: int = 32
-    allow_other: bool = False
-    fuse_options: dict[str, str | bool] = field(default_factory=dict)
-    client_options: dict[str, Any] = field(default_factory=dict)
 
 
 def register(subparsers: Any) -> None:
@@ -79,10 +62,21 @@ def register(subparsers: Any) -> None:
 
 def add_mount_options(parser: argparse.ArgumentParser) -> None:
     """The cache, layout, selection and FUSE options shared by ``mount`` and ``demo``."""
-    parser.add_argument("--cache-dir", metavar="DIR", help="disk cache directory (default ~/.cache/nbiafs)")
-    parser.add_argument("--cache-size", default="20G", metavar="SIZE", help="cache bound, e.g. 500M, 20G")
+    tree = TreeSettings()
     parser.add_argument(
-        "--layout", choices=LAYOUTS, default="descriptive", help="directory names (default %(default)s)"
+        "--cache-dir", metavar="DIR", help=f"disk cache directory (default: {settings.default_cache_dir()})"
+    )
+    parser.add_argument(
+        "--cache-size",
+        default=format_size(settings.DEFAULT_CACHE_SIZE).replace(" ", "").replace("iB", ""),
+        metavar="SIZE",
+        help="cache bound, e.g. 500M, 20G (default %(default)s)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=settings.LAYOUTS,
+        default=tree.layout,
+        help="directory names (default %(default)s)",
     )
     parser.add_argument(
         "--collection", action="append", metavar="NAME", help="mount only this collection (repeatable)"
@@ -94,21 +88,21 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listing-ttl",
         type=float,
-        default=86400.0,
+        default=tree.listing_ttl,
         metavar="S",
-        help="seconds a listing stays fresh",
+        help="seconds a listing stays fresh (default %(default)s)",
     )
     parser.add_argument(
         "--negative-ttl",
         type=float,
-        default=30.0,
+        default=tree.negative_ttl,
         metavar="S",
         help="seconds an unknown name stays unknown (default %(default)s)",
     )
     parser.add_argument(
         "--readahead",
         type=int,
-        default=32,
+        default=tree.readahead,
         metavar="N",
         help="instances of a series fetched ahead of a sequential reader (0: off; default %(default)s)",
     )
@@ -142,127 +136,46 @@ def parse_fuse_options(values: Sequence[str]) -> tuple[bool, dict[str, str | boo
 
 
 def settings_from_args(
-    args: argparse.Namespace,
-    profile: ServerProfile,
-    credentials: Credentials | None,
-    client_options: dict[str, Any] | None = None,
+    args: argparse.Namespace, profile: ServerProfile, credentials: Credentials | None
 ) -> MountSettings:
     """The mount settings of the common options; reads the manifest; raises ConfigError for bad values."""
-    from nbiafs.fs.instance_cache import default_cache_dir, parse_size
-
     if args.manifest and args.cart:
         raise ConfigError("give --manifest or --cart, not both")
     series_filter: frozenset[str] | None = None
     if args.manifest:
-        from nbiafs.api.manifest import load_manifest
-
         series_filter = load_manifest(args.manifest).series_filter
         if not series_filter:
             raise ConfigError(f"manifest {args.manifest} lists no series")
-    if args.listing_ttl < 0 or args.negative_ttl < 0:
-        raise ConfigError("--listing-ttl and --negative-ttl must not be negative")
-    if args.readahead < 0:
-        raise ConfigError("--readahead must not be negative")
     allow_other, options = parse_fuse_options(args.fuse_options)
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else settings.default_cache_dir()
     return MountSettings(
         mountpoint=os.path.abspath(args.mountpoint),
         profile=profile,
         credentials=credentials,
-        cache_dir=cache_dir.absolute(),
-        cache_size=parse_size(args.cache_size),
-        layout=args.layout,
-        collections=tuple(args.collection) if args.collection else None,
-        series_filter=series_filter,
+        client=client_settings_from_args(args),
+        tree=TreeSettings(
+            layout=args.layout,
+            collections=tuple(args.collection) if args.collection else None,
+            series_filter=series_filter,
+            listing_ttl=args.listing_ttl,
+            negative_ttl=args.negative_ttl,
+            readahead=args.readahead,
+        ),
+        cache=CacheSettings(directory=cache_dir.absolute(), max_bytes=parse_size(args.cache_size)),
         cart=args.cart,
-        listing_ttl=args.listing_ttl,
-        negative_ttl=args.negative_ttl,
-        readahead=args.readahead,
         allow_other=allow_other,
         fuse_options=options,
-        client_options=dict(client_options or {}),
     )
-
-
-def serve(settings: MountSettings, on_ready: Callable[[], None] | None = None) -> None:
-    """Log in, mount and serve until unmounted or signalled; then log out and close the caches.
-
-    Runs in the process that will serve the mount (after any fork). Raises NbiaError subclasses (ConfigError
-    for an unusable mountpoint or cache, AuthenticationError for refused credentials, ...).
-    """
-    from nbiafs.api.client import NbiaClient
-    from nbiafs.fs.instance_cache import InstanceCache
-    from nbiafs.fs.listing_store import MetaStore
-    from nbiafs.fs.tree import ArchiveTree, TreeOptions
-    from nbiafs.fuse.adapter import check_mountpoint, mount
-
-    check_mountpoint(settings.mountpoint)
-    with contextlib.ExitStack() as stack:
-        client = NbiaClient(settings.profile, settings.credentials, **settings.client_options)
-        stack.callback(client.close)
-        _log_in(client)
-        series_filter = settings.series_filter
-        if settings.cart:
-            rows = client.contents_by_name(settings.cart)
-            series_filter = frozenset(row.series_instance_uid for row in rows)
-            if not series_filter:
-                raise ConfigError(f"cart {settings.cart!r} is empty or unknown")
-        cache = InstanceCache(settings.cache_dir, settings.cache_size)
-        stack.callback(cache.close)
-        metastore = MetaStore(settings.cache_dir)
-        stack.callback(metastore.close)
-        options = TreeOptions(
-            layout=settings.layout,
-            collections=settings.collections,
-            series_filter=series_filter,
-            listing_ttl=settings.listing_ttl,
-            negative_ttl=settings.negative_ttl,
-            readahead=settings.readahead,
-        )
-        tree = ArchiveTree(client, cache, metastore, options)  # the tree scopes it by server and user
-        stack.callback(tree.close)
-        mount(
-            tree,
-            settings.mountpoint,
-            allow_other=settings.allow_other,
-            options=settings.fuse_options,
-            ready_callback=on_ready,
-        )
-
-
-def _log_in(client: NbiaClient) -> None:
-    """Obtain the first token now, so refused credentials fail the mount instead of every later request.
-
-    AuthenticationError (refused credentials) is raised; a server that cannot be reached is only logged, so a
-    mount can still serve what its caches hold (the client logs in again on its first request).
-    """
-    try:
-        client.login()
-    except AuthenticationError:
-        raise
-    except NbiaError as exc:
-        log.warning("cannot log in now (%s); mounting anyway, cached data stays readable", exc)
-
-
-def profile_and_credentials(args: argparse.Namespace) -> tuple[ServerProfile, Credentials | None]:
-    """The profile and credentials of the server options, without creating a client (``mount`` must fork
-    first). May prompt for a password; raises ConfigError."""
-    profile = profile_from_args(args)
-    credentials = credentials_from_args(args, profile)
-    if args.retries < 0:
-        raise ConfigError(f"--retries must be 0 or more, not {args.retries}")
-    return profile, credentials
 
 
 def run(args: argparse.Namespace) -> int:
-    profile, credentials = profile_and_credentials(args)
-    settings = settings_from_args(
-        args, profile, credentials, client_options={"timeout": args.timeout, "retries": args.retries}
-    )
+    profile = profile_from_args(args)
+    credentials = credentials_from_args(args, profile)
+    mount_settings = settings_from_args(args, profile, credentials)
     if args.foreground:
-        serve(settings, on_ready=lambda: log.info("mounted at %s", settings.mountpoint))
+        run_mount(mount_settings, on_ready=lambda: log.info("mounted at %s", mount_settings.mountpoint))
         return 0
-    return daemonize(settings)
+    return daemonize(mount_settings)
 
 
 def daemonize(settings: MountSettings, timeout: float = READY_TIMEOUT) -> int:
@@ -270,7 +183,7 @@ def daemonize(settings: MountSettings, timeout: float = READY_TIMEOUT) -> int:
 
     Must be called before any thread is started: only the forking thread survives in the child.
     """
-    from nbiafs.fuse.adapter import check_mountpoint
+    from nbiafs.fuse.mount import check_mountpoint
 
     check_mountpoint(settings.mountpoint)  # fail early, in the foreground, for the common mistakes
     read_end, write_end = os.pipe()
@@ -338,7 +251,7 @@ def _child(settings: MountSettings, fd: int) -> None:
     try:
         os.setsid()
         os.chdir("/")
-        serve(settings, on_ready=on_ready)
+        run_mount(settings, on_ready=on_ready)
         status = 0
     except NbiaError as exc:
         log.error("%s", exc)

@@ -13,7 +13,7 @@ import os
 from nbiafs.api.client import NbiaClient
 from nbiafs.api.credentials import ENV_API_KEY, Credentials, load_credentials
 from nbiafs.api.profiles import PROFILE_NAMES, ServerProfile, resolve_profile
-from nbiafs.errors import ConfigError
+from nbiafs.settings import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def _positive_float(text: str) -> float:
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--server``, ``--api-url``, ``--token-url``, ``--user``, ``--credentials-file``, ``--timeout``,
     ``--retries`` (in an argument group "server")."""
+    defaults = ClientSettings()
     group = parser.add_argument_group("server")
     group.add_argument(
         "--server",
@@ -60,16 +61,16 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--timeout",
         type=_positive_float,
-        default=30.0,
+        default=defaults.timeout,
         metavar="S",
-        help="seconds to wait for a connection and for each read (default: 30)",
+        help="seconds to wait for a connection and for each read (default: %(default)s)",
     )
     group.add_argument(
         "--retries",
         type=int,
-        default=5,
+        default=defaults.retries,
         metavar="N",
-        help="retries of a failed request (429/5xx, connection errors, cut bodies; default: 5)",
+        help="retries of a failed request (429/5xx, connection errors, cut bodies; default: %(default)s)",
     )
 
 
@@ -102,6 +103,11 @@ def profile_from_args(args: argparse.Namespace) -> ServerProfile:
     )
 
 
+def client_settings_from_args(args: argparse.Namespace) -> ClientSettings:
+    """The client settings of ``--timeout`` and ``--retries``; raises ConfigError for bad values."""
+    return ClientSettings(timeout=args.timeout, retries=args.retries)
+
+
 def client_from_args(args: argparse.Namespace, *, interactive: bool = True) -> NbiaClient:
     """An :class:`NbiaClient` for the options added by :func:`add_server_options`.
 
@@ -109,7 +115,4 @@ def client_from_args(args: argparse.Namespace, *, interactive: bool = True) -> N
     """
     profile = profile_from_args(args)
     credentials = credentials_from_args(args, profile, interactive=interactive)
-    retries = getattr(args, "retries", 5)
-    if retries < 0:
-        raise ConfigError(f"--retries must be 0 or more, not {retries}")
-    return NbiaClient(profile, credentials, timeout=getattr(args, "timeout", 30.0), retries=retries)
+    return NbiaClient(profile, credentials, client_settings_from_args(args))

@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 import sqlite3
 import stat
 import tempfile
@@ -38,13 +37,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from errno import EIO
+from errno import EDQUOT, ENOSPC
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
-from nbiafs.errors import ConfigError, NbiaError, RequestTimeoutError
+from nbiafs.errors import CacheError, ConfigError, NoSpaceError, RequestTimeoutError
+from nbiafs.fs.flight import FLIGHT_WAIT, SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,12 @@ LOCK_SUFFIX = ".lock"
 MAX_NAME = 200
 SCHEMA_VERSION = 1
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-
-class CacheError(NbiaError):
-    """The cache directory could not be read or written (disk full, permissions); ``errno`` as in OSError."""
-
-    def __init__(self, message: str, *, errno_value: int = EIO) -> None:
-        super().__init__(message)
-        self.errno = errno_value
+def _disk_error(message: str, exc: OSError) -> CacheError:
+    """The error for a failed write to the cache's disk: NoSpaceError when the file system is full."""
+    if exc.errno in (ENOSPC, EDQUOT):
+        return NoSpaceError(message)
+    return CacheError(message)
 
 
 @dataclass(frozen=True)
@@ -79,37 +75,6 @@ class CacheInfo:
     entries: int
     hits: int
     misses: int
-
-
-def parse_size(text: str) -> int:
-    """Bytes in ``text``: a number with an optional K/M/G/T suffix (binary multiples).
-
-    "20G", "20GiB", "20gb", "1.5T", "4096" are accepted. Raises ConfigError for anything else, or for zero.
-    """
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ConfigError(f"not a size: {text!r} (expected e.g. 500M, 20G or a number of bytes)")
-    value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-    if value <= 0:
-        raise ConfigError(f"size must be positive: {text!r}")
-    return value
-
-
-def format_size(size: int) -> str:
-    """``size`` bytes in binary units for humans, e.g. ``1.5 GiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/nbiafs`` or ``~/.cache/nbiafs`` (a relative XDG_CACHE_HOME is ignored, per XDG)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "nbiafs"
 
 
 def entry_name(key: str) -> str:
@@ -131,22 +96,16 @@ def _shard(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:2]
 
 
-class _Flight:
-    """One in-process download that other threads asking for the same key wait for."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.path: Path | None = None
-        self.error: BaseException | None = None
-
-
 class InstanceCache:
     """LRU-by-bytes cache of immutable files keyed by SOPInstanceUID, safe for many threads and processes.
 
     ``max_bytes`` is the bound this process enforces after each of its fetches (None: no eviction, for
     inspecting a cache; the last bound a process set is recorded in the index and shown by :meth:`info`).
     ``wait_timeout`` is how long (seconds) a fetch waits for another thread's or process's download of the
-    same key before giving up with RequestTimeoutError. Raises ConfigError if the directory cannot be set up.
+    same key before giving up with RequestTimeoutError. ``flush_interval``: seconds between writes of recorded
+    accesses to the index. ``clock``: the time source of access times (seconds since the epoch).
+    Raises ConfigError if the directory cannot be set up, CacheError if its contents cannot be checked (see
+    :meth:`reconcile`).
     """
 
     def __init__(
@@ -154,18 +113,19 @@ class InstanceCache:
         directory: Path,
         max_bytes: int | None,
         *,
-        wait_timeout: float = 900.0,
+        wait_timeout: float = FLIGHT_WAIT,
         flush_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = Path(directory).expanduser().absolute()
         self.max_bytes = max_bytes
+        self._clock = clock
         self._wait_timeout = wait_timeout
         self._flush_interval = flush_interval
         self._data = self.directory / DATA_DIR
         self._locks = self.directory / LOCK_DIR
         self._db_lock = threading.Lock()  # one sqlite connection, used by one thread at a time
-        self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._flights: SingleFlight[str, Path] = SingleFlight("download")
         self._pending_lock = threading.Lock()
         self._pending_atime: dict[str, float] = {}
         self._pending_hits: dict[str, int] = {}
@@ -175,11 +135,13 @@ class InstanceCache:
         try:
             self._make_dirs()
             self._conn = self._connect()
+            if max_bytes is not None:
+                with self._transaction() as conn:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta(name, value) VALUES ('max_bytes', ?)", (max_bytes,)
+                    )
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot use cache directory {self.directory}: {exc}") from exc
-        if max_bytes is not None:
-            with self._transaction() as conn:
-                conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('max_bytes', ?)", (max_bytes,))
         self.reconcile()
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -288,7 +250,7 @@ class InstanceCache:
 
     def _touch(self, key: str) -> None:
         with self._pending_lock:
-            self._pending_atime[key] = time.time()
+            self._pending_atime[key] = self._clock()
             self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
             self._pending_total_hits += 1
             if self._timer is None and not self._closed:
@@ -352,7 +314,7 @@ class InstanceCache:
         One download per key at a time across threads and processes; the others wait (at most
         ``wait_timeout`` seconds, then RequestTimeoutError) and share its result or its error. Whatever
         ``download`` raises is raised unchanged (an OSError, e.g. from writing to ``out``, as CacheError) and
-        leaves no file behind; CacheError if the disk fails.
+        leaves no file behind; CacheError if the disk fails, NoSpaceError (a CacheError) if it is full.
         Afterwards least recently used entries are evicted until the cache is within ``max_bytes``, except
         that an entry larger than ``max_bytes`` on its own is kept (alone) until the next fetch evicts it, so
         the caller can open it.
@@ -360,29 +322,17 @@ class InstanceCache:
         path = self.get(key)
         if path is not None:
             return path
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            if not flight.done.wait(self._wait_timeout):
-                raise RequestTimeoutError(f"timed out waiting for another thread's download of {key}")
-            if flight.error is not None:
-                raise flight.error
-            assert flight.path is not None
-            self._touch(key)
-            return flight.path
-        try:
-            flight.path = self._fetch_as_leader(key, download)
-            return flight.path
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            flight.done.set()
-            with self._flights_lock:
-                del self._flights[key]
+        led = False
+
+        def lead() -> Path:
+            nonlocal led
+            led = True
+            return self._fetch_as_leader(key, download)
+
+        path = self._flights.run(key, lead, self._wait_timeout)
+        if not led:
+            self._touch(key)  # another thread's download served this one: a hit
+        return path
 
     def _fetch_as_leader(self, key: str, download: Callable[[BinaryIO], int]) -> Path:
         final = self.path_for(key)
@@ -390,9 +340,7 @@ class InstanceCache:
         try:
             lock_fd = self._lock_key(name)
         except OSError as exc:
-            raise CacheError(
-                f"cannot lock {name} in {self._locks}: {exc}", errno_value=exc.errno or EIO
-            ) from exc
+            raise _disk_error(f"cannot lock {name} in {self._locks}: {exc}", exc) from exc
         try:
             if os.path.isfile(final):  # another process downloaded it while we waited for the lock
                 self._touch(key)
@@ -402,9 +350,7 @@ class InstanceCache:
                 self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
                 fd, tmp_name = tempfile.mkstemp(prefix=name + ".", suffix=PART_SUFFIX, dir=final.parent)
             except OSError as exc:
-                raise CacheError(
-                    f"cannot write to {final.parent}: {exc}", errno_value=exc.errno or EIO
-                ) from exc
+                raise _disk_error(f"cannot write to {final.parent}: {exc}", exc) from exc
             tmp = Path(tmp_name)
             done = False
             try:
@@ -416,7 +362,7 @@ class InstanceCache:
                     size = os.fstat(out.fileno()).st_size
                     out.close()
                 except OSError as exc:
-                    raise CacheError(f"cannot write {tmp}: {exc}", errno_value=exc.errno or EIO) from exc
+                    raise _disk_error(f"cannot write {tmp}: {exc}", exc) from exc
                 finally:
                     with contextlib.suppress(OSError):
                         out.close()
@@ -425,7 +371,7 @@ class InstanceCache:
                 try:
                     self._commit(key, tmp, final, size)
                 except OSError as exc:
-                    raise CacheError(f"cannot cache {key}: {exc}", errno_value=exc.errno or EIO) from exc
+                    raise _disk_error(f"cannot cache {key}: {exc}", exc) from exc
                 except sqlite3.Error as exc:
                     raise CacheError(f"cannot update the cache index for {key}: {exc}") from exc
                 done = True
@@ -440,7 +386,7 @@ class InstanceCache:
 
     def _commit(self, key: str, tmp: Path, final: Path, size: int) -> None:
         """Rename the finished download into place, index it, count a miss and evict, in one transaction."""
-        now = time.time()
+        now = self._clock()
         atimes, hits, total = self._take_pending()
         with self._transaction() as conn:
             self._apply_touches(conn, atimes, hits, total)  # so the LRU order below is current
@@ -536,13 +482,19 @@ class InstanceCache:
     # ------------------------------------------------------------------------------------ maintenance
 
     def info(self) -> CacheInfo:
-        """Sizes and counters from the index (this process's pending accesses flushed first)."""
+        """Sizes and counters from the index (this process's pending accesses flushed first).
+
+        CacheError if the index cannot be read.
+        """
         self.flush()
-        with self._db_lock:
-            total, entries = self._conn.execute(
-                "SELECT coalesce(sum(size), 0), count(*) FROM entries"
-            ).fetchone()
-            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+        try:
+            with self._db_lock:
+                total, entries = self._conn.execute(
+                    "SELECT coalesce(sum(size), 0), count(*) FROM entries"
+                ).fetchone()
+                meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read the cache index in {self.directory}: {exc}") from exc
         return CacheInfo(
             directory=self.directory,
             max_bytes=self.max_bytes if self.max_bytes is not None else meta.get("max_bytes"),

@@ -17,19 +17,20 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from cachetools import LRUCache
 
 from nbiafs.errors import NbiaError
-
-if TYPE_CHECKING:
-    from nbiafs.fs.instance_cache import InstanceCache
+from nbiafs.fs.protocols import InstanceStore
 
 log = logging.getLogger(__name__)
 
 Download = Callable[[str, str, BinaryIO], int]
 """``download(series_uid, sop_uid, out) -> bytes written``."""
+
+WORKERS = 6
+"""Read-ahead downloads at once (per tree)."""
 
 _SERIES_TRACKED = 1024  # series whose reading position is remembered
 
@@ -37,17 +38,18 @@ _SERIES_TRACKED = 1024  # series whose reading position is remembered
 class ReadAhead:
     """Background prefetch of the instances that follow the ones a reader opens. Thread-safe.
 
-    ``window`` instances at most are fetched ahead of the reader (0 turns read-ahead off), ``workers`` at
-    once, and never more than ``max_bytes`` (estimated) ahead, so read-ahead cannot evict what is being read.
+    ``window`` instances at most are fetched ahead of the reader (0 turns read-ahead off; the tree passes
+    :attr:`~nbiafs.settings.TreeSettings.readahead`), ``workers`` at once, and never more than ``max_bytes``
+    (estimated, None: no bound) ahead, so read-ahead cannot evict what is being read.
     """
 
     def __init__(
         self,
-        cache: InstanceCache,
+        cache: InstanceStore,
         download: Download,
         *,
-        window: int = 32,
-        workers: int = 6,
+        window: int,
+        workers: int = WORKERS,
         max_bytes: int | None = None,
     ) -> None:
         self.window = max(0, window)

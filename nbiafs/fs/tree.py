@@ -6,25 +6,23 @@ path, never the whole archive. Which request lists which directory (``C`` a coll
 ========== ================================================= ==============================================
 directory  request                                           note
 ========== ================================================= ==============================================
-root       getCollectionValues                               filtered by ``options.collections``
+root       getCollectionValues                               filtered by ``collections``
 collection getPatient?Collection=C
 patient    getPatientStudy?Collection=C&PatientID=P          names need StudyDate/StudyID/StudyDescription
 study      getSeries?Collection=C&PatientID=P                ONE request serves every study of the patient
 series     getSOPInstanceUIDs?SeriesInstanceUID=S
 ========== ================================================= ==============================================
 
-With ``options.series_filter`` (a manifest or a cart) the root, collection and study levels come from one
+With ``TreeSettings.series_filter`` (a manifest or a cart) the root, collection and study levels come from one
 ``getSeries?SeriesInstanceUID=`` per filtered series (run 8 at a time, each cached), so no whole collection is
 ever listed; a patient's entry then carries only its PatientID and Collection (getPatient is not asked), and a
 patient directory still asks getPatientStudy for that one patient.
 
-Caches. Every answer is kept in memory (a cachetools TLRU cache, so an answer loaded from disk expires when
-its own fetch time plus ``listing_ttl`` is reached) and, with a :class:`~nbiafs.fs.listing_store.MetaStore`, on disk
-in a namespace of the server URL and user, so a remount lists with no request while the answers are fresh.
-Concurrent requests for the same answer make one request (single flight). A name missing from a listing
-that is older than ``negative_ttl`` causes one re-listing (to see newly published data); a name still missing
-is remembered as missing for ``negative_ttl`` seconds, so repeated probes (``.git``, ``desktop.ini``) cost
-nothing.
+Caches. Every answer comes through a :class:`~nbiafs.fs.listings.ListingCache` (memory, disk, single flight;
+see there). The directories derived from the answers are kept in memory until their oldest answer expires. A
+name missing from a listing that is older than ``negative_ttl`` causes one re-listing (to see newly published
+data); a name still missing is remembered as missing for ``negative_ttl`` seconds, so repeated probes
+(``.git``, ``desktop.ini``) cost nothing.
 
 Sizes and times. Directories have size 0. An instance's size is exact when the disk cache holds it, else
 ``ceil(FileSize / ImageCount)`` of its series (``DEFAULT_INSTANCE_SIZE`` when the series gives neither), with
@@ -44,44 +42,34 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from cachetools import TLRUCache, TTLCache
 
 from nbiafs.api.records import Patient, Series, Study
-from nbiafs.errors import AccessDeniedError, NotFoundError, RequestTimeoutError
+from nbiafs.errors import NotFoundError
 from nbiafs.fs import names
-from nbiafs.fs.listing_store import MetaStore, decode_records, encode_records
+from nbiafs.fs.listing_store import MetaStore
+from nbiafs.fs.listings import Listing, ListingCache, remember
+from nbiafs.fs.protocols import ArchiveClient, InstanceStore
 from nbiafs.fs.readahead import ReadAhead
-
-if TYPE_CHECKING:
-    from nbiafs.api.client import NbiaClient
-    from nbiafs.fs.instance_cache import InstanceCache
+from nbiafs.settings import TreeSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTANCE_SIZE = 512 * 1024
 """Bytes shown for an uncached instance whose series gives no FileSize/ImageCount."""
 
-FLIGHT_WAIT = 900.0
-"""Seconds a thread waits for another thread's request for the same listing (that request has its own
-timeouts; this only bounds the wait if something is badly wrong)."""
-
-FILTER_WORKERS = 8
-"""Concurrent getSeries requests when resolving a series filter."""
-
 XATTR_PREFIX = "user.nbia."
 
-# Memory bounds: what falls out is read back from the metastore (no request) or, without one, asked again.
-_MEMORY_ROWS = 250_000  # rows (records or UIDs) kept in memory across all answers
+# Memory bounds: a directory that falls out is derived again from its (cached) answers.
 _MEMORY_DIRS = 250_000  # directory entries kept in memory across all derived directories
 _NEGATIVE_MAX = 100_000
 _EPOCH = 0.0
-_SEP = "\x1f"
+
+_R = TypeVar("_R", Study, Series)
 
 
 @dataclass(frozen=True)
@@ -94,18 +82,6 @@ class Node:
     size: int  # bytes; exact for cached instances, else an estimate (FileSize / ImageCount); 0 for dirs
     exact_size: bool  # False while size is an estimate
     mtime: float  # seconds since the epoch, stable across mounts
-
-
-@dataclass(frozen=True)
-class TreeOptions:
-    """How the tree is built; TTLs in seconds."""
-
-    layout: str = "descriptive"  # or "uid"
-    collections: tuple[str, ...] | None = None  # mount only these
-    series_filter: frozenset[str] | None = None  # mount only these SeriesInstanceUIDs (manifest / cart)
-    listing_ttl: float = 86400.0  # seconds a listing stays fresh (memory and disk)
-    negative_ttl: float = 30.0  # seconds an unknown name stays unknown
-    readahead: int = 32  # instances of a series fetched ahead of a sequential reader (0: off)
 
 
 @dataclass(frozen=True)
@@ -191,17 +167,23 @@ def _split(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
-def _store_scope(client: Any) -> str:
-    """The metastore namespace of a client: its API URL and user, so accounts never share listings."""
-    profile = getattr(client, "profile", None)
-    api_url = getattr(profile, "api_url", "") or type(client).__name__
-    user = getattr(client, "user", None) or ""
-    return f"{api_url}|{user}"
+def _study_name(study: Study, tail: int = names.UID_TAIL) -> str:
+    return names.descriptive_study_name(
+        study.study_instance_uid, study.study_date, study.study_id, study.study_description, tail=tail
+    )
+
+
+def _series_name(series: Series, tail: int = names.UID_TAIL) -> str:
+    return names.descriptive_series_name(
+        series.series_instance_uid, series.series_number, series.series_description, tail=tail
+    )
 
 
 class ArchiveTree:
     """Paths to nodes, listings, xattrs and instance files, resolved on demand. Thread-safe.
 
+    ``store`` keeps listings on disk across mounts (None: memory only); the tree scopes it by the client's
+    server and user. ``clock`` is the time source (seconds since the epoch) for listing ages and TTLs.
     Every method raises :class:`~nbiafs.errors.NotFoundError` for a path that does not exist (or is not a
     directory, for :meth:`listdir`; or not an instance, for :meth:`open_instance`), and lets the client's
     other :class:`~nbiafs.errors.NbiaError` (server down, timeout, access denied) through.
@@ -209,44 +191,35 @@ class ArchiveTree:
 
     def __init__(
         self,
-        client: NbiaClient,
-        cache: InstanceCache,
-        metastore: MetaStore | None,
-        options: TreeOptions | None = None,
+        client: ArchiveClient,
+        cache: InstanceStore,
+        store: MetaStore | None,
+        settings: TreeSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.options = options or TreeOptions()
-        if self.options.layout not in ("descriptive", "uid"):
-            raise ValueError(f"unknown layout {self.options.layout!r}")
+        self.settings = settings or TreeSettings()
         self._client = client
         self._cache = cache
-        self._store = metastore.scoped(_store_scope(client)) if metastore is not None else None
-        ttl = self.options.listing_ttl
-        self._ttl = ttl
+        self._clock = clock
+        self._listings = ListingCache(client, store, ttl=self.settings.listing_ttl, clock=clock)
         self._lock = threading.Lock()
-        self._answers: TLRUCache[str, tuple[float, list[Any]]] = TLRUCache(
-            maxsize=_MEMORY_ROWS,
-            ttu=lambda _k, v, _now: v[0] + ttl,
-            timer=time.time,
-            getsizeof=lambda v: 1 + len(v[1]),
-        )
         self._dirs: TLRUCache[tuple[str, ...], _Dir] = TLRUCache(
             maxsize=_MEMORY_DIRS,
             ttu=lambda _k, v, _now: v.expires,
-            timer=time.time,
+            timer=clock,
             getsizeof=lambda v: 1 + len(v.names),
         )
         self._negative: TTLCache[tuple[str, ...], bool] = TTLCache(
-            maxsize=_NEGATIVE_MAX, ttl=max(self.options.negative_ttl, 0.0) or 1e-9
+            maxsize=_NEGATIVE_MAX, ttl=self.settings.negative_ttl or 1e-9, timer=clock
         )
-        self._flights: dict[str, Future[tuple[float, list[Any]]]] = {}
-        self._flights_lock = threading.Lock()
-        wanted = self.options.collections
+        wanted = self.settings.collections
         self._wanted = None if wanted is None else {c.casefold() for c in wanted}
-        bound = getattr(cache, "max_bytes", None)
+        bound = cache.max_bytes
         self._readahead = ReadAhead(
             cache,
             client.download_instance,
-            window=self.options.readahead,
+            window=self.settings.readahead,
             max_bytes=bound // 4 if bound else None,
         )
 
@@ -319,7 +292,8 @@ class ArchiveTree:
         """The local cached file of the instance at ``path`` and whether it was downloaded by this call.
 
         Downloads it (getSingleImage, one download however many threads open it) if not cached. NotFoundError
-        if ``path`` is not an instance; AccessDeniedError if the server refuses it; other client errors pass.
+        if ``path`` is not an instance; AccessDeniedError if the server refuses it; CacheError (NoSpaceError
+        for a full disk) if it cannot be cached; other client errors pass.
         """
         parts = _split(path)
         entry = self._resolve_parts(parts)
@@ -377,8 +351,8 @@ class ArchiveTree:
         where = "/" + "/".join(key)
         if known_missing:
             raise NotFoundError(f"no such entry: {where}")
-        now = time.time()
-        if listing.refreshable and now - listing.fetched_at >= self.options.negative_ttl:
+        now = self._clock()
+        if listing.refreshable and now - listing.fetched_at >= self.settings.negative_ttl:
             log.debug(
                 "%s not in a listing fetched %.0f s ago; listing again", where, now - listing.fetched_at
             )
@@ -397,7 +371,7 @@ class ArchiveTree:
             return cached
         built = self._build(entry, fresh_after)
         with self._lock:
-            _remember(self._dirs, parts, built)
+            remember(self._dirs, parts, built)
         return built
 
     def _build(self, entry: _Entry, fresh_after: float) -> _Dir:
@@ -426,55 +400,86 @@ class ArchiveTree:
         entries: dict[str, _Entry] = {}
         for key, (_name, child) in wanted.items():
             name = final[key]
-            entries[name] = child if child.name == name else _replace_name(child, name)
+            entries[name] = child if child.name == name else replace(child, name=name)
         return _Dir(
             entries=entries,
             names=tuple(sorted(entries)),
             fetched_at=fetched_at,
-            expires=fetched_at + self._ttl,
+            expires=fetched_at + self.settings.listing_ttl,
             refreshable=refreshable,
         )
+
+    def _make_named_dir(
+        self,
+        records: Iterable[_R],
+        uid: Callable[[_R], str],
+        describe: Callable[[_R, int], str],
+        child: Callable[[_R, str], _Entry],
+        fetched_at: float,
+        refreshable: bool = True,
+    ) -> _Dir:
+        """A study or series directory: one entry per UID, named by the layout.
+
+        ``describe(record, tail)`` is the descriptive name keeping ``tail`` digits of the UID (widened when
+        names clash); ``child(record, name)`` the entry.
+        """
+        descriptive = self.settings.layout == "descriptive"
+        by_uid: dict[str, _R] = {}
+        wanted: dict[str, tuple[str, _Entry]] = {}
+        for record in records:
+            key = uid(record)
+            if not key or key in wanted:
+                continue
+            by_uid[key] = record
+            name = describe(record, names.UID_TAIL) if descriptive else names.uid_name(key)
+            wanted[key] = (name, child(record, name))
+
+        def widen(key: str, digits: int) -> str:
+            return describe(by_uid[key], digits)
+
+        return self._make_dir(wanted, fetched_at, widen if descriptive else None, refreshable)
 
     # --- the five kinds of directory ----------------------------------------------------------------------
 
     def _wants_collection(self, collection: str) -> bool:
         return self._wanted is None or collection.casefold() in self._wanted
 
+    def _filtered(self, fresh_after: float) -> Listing[Series] | None:
+        """The series of the series filter, or None without one."""
+        uids = self.settings.series_filter
+        return None if uids is None else self._listings.filtered_series(uids, fresh_after)
+
     def _build_root(self, fresh_after: float) -> _Dir:
-        wanted: dict[str, tuple[str, _Entry]] = {}
-        if self.options.series_filter is not None:
-            fetched_at, filtered = self._filtered_series(fresh_after)
-            collections = {s.collection for s in filtered if s.collection}
-            refreshable = False
+        filtered = self._filtered(fresh_after)
+        if filtered is not None:
+            fetched_at = filtered.fetched_at
+            collections = {s.collection for s in filtered.rows if s.collection}
         else:
-            fetched_at, rows = self._answer("collections", self._client.collections, fresh_after)
-            collections = {c for c in rows if isinstance(c, str) and c}
-            refreshable = True
+            answer = self._listings.collections(fresh_after)
+            fetched_at = answer.fetched_at
+            collections = {c for c in answer.rows if c}
+        wanted: dict[str, tuple[str, _Entry]] = {}
         for collection in collections:
             if self._wants_collection(collection):
                 child = _Entry(kind="collection", name=names.safe_name(collection), collection=collection)
                 wanted[collection] = (child.name, child)
-        return self._make_dir(wanted, fetched_at, refreshable=refreshable)
+        return self._make_dir(wanted, fetched_at, refreshable=filtered is None)
 
     def _build_collection(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection = entry.collection
         patients: list[Patient]
-        if self.options.series_filter is not None:
-            fetched_at, filtered = self._filtered_series(fresh_after)
-            ids = sorted({s.patient_id for s in filtered if s.collection == collection and s.patient_id})
+        filtered = self._filtered(fresh_after)
+        if filtered is not None:
+            fetched_at = filtered.fetched_at
+            ids = sorted({s.patient_id for s in filtered.rows if s.collection == collection and s.patient_id})
             patients = [
                 Patient(patient_id=p, collection=collection, raw={"PatientID": p, "Collection": collection})
                 for p in ids
             ]
-            refreshable = False
         else:
-            fetched_at, rows = self._answer(
-                _key("patients", collection),
-                lambda: self._client.patients(collection=collection),
-                fresh_after,
-            )
-            patients = [p for p in rows if isinstance(p, Patient) and _same(p.collection, collection)]
-            refreshable = True
+            answer = self._listings.patients(collection, fresh_after)
+            fetched_at = answer.fetched_at
+            patients = [p for p in answer.rows if _same(p.collection, collection)]
         wanted: dict[str, tuple[str, _Entry]] = {}
         for patient in patients:
             if patient.patient_id in wanted:
@@ -487,121 +492,77 @@ class ArchiveTree:
                 record=patient,
             )
             wanted[patient.patient_id] = (child.name, child)
-        return self._make_dir(wanted, fetched_at, refreshable=refreshable)
+        return self._make_dir(wanted, fetched_at, refreshable=filtered is None)
 
     def _build_patient(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection, patient_id = entry.collection, entry.patient_id
-        fetched_at, rows = self._answer(
-            _key("studies", collection, patient_id),
-            lambda: self._client.studies(collection, patient_id=patient_id),
-            fresh_after,
-        )
+        answer = self._listings.studies(collection, patient_id, fresh_after)
+        fetched_at = answer.fetched_at
         studies = [
-            s
-            for s in rows
-            if isinstance(s, Study) and _same(s.patient_id, patient_id) and _same(s.collection, collection)
+            s for s in answer.rows if _same(s.patient_id, patient_id) and _same(s.collection, collection)
         ]
-        if self.options.series_filter is not None:
-            filter_at, filtered = self._filtered_series(fresh_after)
-            fetched_at = min(fetched_at, filter_at)
+        filtered = self._filtered(fresh_after)
+        if filtered is not None:
+            fetched_at = min(fetched_at, filtered.fetched_at)
             keep = {
                 s.study_instance_uid
-                for s in filtered
+                for s in filtered.rows
                 if s.collection == collection and s.patient_id == patient_id
             }
             studies = [s for s in studies if s.study_instance_uid in keep]
-        descriptive = self.options.layout == "descriptive"
-        by_uid: dict[str, Study] = {}
-        wanted: dict[str, tuple[str, _Entry]] = {}
-        for study in studies:
-            uid = study.study_instance_uid
-            if not uid or uid in wanted:
-                continue
-            by_uid[uid] = study
-            name = (
-                names.descriptive_study_name(uid, study.study_date, study.study_id, study.study_description)
-                if descriptive
-                else names.uid_name(uid)
-            )
-            child = _Entry(
+
+        def child(study: Study, name: str) -> _Entry:
+            return _Entry(
                 kind="study",
                 name=name,
                 collection=collection,
                 patient_id=patient_id,
-                study_uid=uid,
+                study_uid=study.study_instance_uid,
                 record=study,
                 mtime=_timestamp(study.study_date) or _EPOCH,
             )
-            wanted[uid] = (name, child)
 
-        def widen(uid: str, digits: int) -> str:
-            s = by_uid[uid]
-            return names.descriptive_study_name(
-                uid, s.study_date, s.study_id, s.study_description, tail=digits
-            )
-
-        return self._make_dir(wanted, fetched_at, widen if descriptive else None)
+        return self._make_named_dir(studies, lambda s: s.study_instance_uid, _study_name, child, fetched_at)
 
     def _build_study(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection, patient_id, study_uid = entry.collection, entry.patient_id, entry.study_uid
-        if self.options.series_filter is not None:
-            fetched_at, rows = self._filtered_series(fresh_after)
-            refreshable = False
-        else:
-            fetched_at, rows = self._answer(
-                _key("series", collection, patient_id),
-                lambda: self._client.series(collection=collection, patient_id=patient_id),
-                fresh_after,
-            )
-            refreshable = True
+        answer = self._filtered(fresh_after) or self._listings.series(collection, patient_id, fresh_after)
         series_list = [
             s
-            for s in rows
-            if isinstance(s, Series)
-            and s.study_instance_uid == study_uid
+            for s in answer.rows
+            if s.study_instance_uid == study_uid
             and _same(s.patient_id, patient_id)
             and _same(s.collection, collection)
         ]
-        descriptive = self.options.layout == "descriptive"
-        by_uid: dict[str, Series] = {}
-        wanted: dict[str, tuple[str, _Entry]] = {}
-        for series in series_list:
-            uid = series.series_instance_uid
-            if not uid or uid in wanted:
-                continue
-            by_uid[uid] = series
-            name = (
-                names.descriptive_series_name(uid, series.series_number, series.series_description)
-                if descriptive
-                else names.uid_name(uid)
-            )
-            child = _Entry(
+
+        def child(series: Series, name: str) -> _Entry:
+            return _Entry(
                 kind="series",
                 name=name,
                 collection=collection,
                 patient_id=patient_id,
                 study_uid=study_uid,
-                series_uid=uid,
+                series_uid=series.series_instance_uid,
                 record=series,
                 series=series,
                 mtime=_series_mtime(series, entry.mtime),
             )
-            wanted[uid] = (name, child)
 
-        def widen(uid: str, digits: int) -> str:
-            s = by_uid[uid]
-            return names.descriptive_series_name(uid, s.series_number, s.series_description, tail=digits)
-
-        return self._make_dir(wanted, fetched_at, widen if descriptive else None, refreshable=refreshable)
+        return self._make_named_dir(
+            series_list,
+            lambda s: s.series_instance_uid,
+            _series_name,
+            child,
+            answer.fetched_at,
+            refreshable=self.settings.series_filter is None,
+        )
 
     def _build_series(self, entry: _Entry, fresh_after: float) -> _Dir:
         series_uid = entry.series_uid
-        fetched_at, rows = self._answer(
-            _key("sops", series_uid), lambda: self._client.sop_instance_uids(series_uid), fresh_after
-        )
+        answer = self._listings.sop_instance_uids(series_uid, fresh_after)
         wanted: dict[str, tuple[str, _Entry]] = {}
-        for sop in rows:
-            if not isinstance(sop, str) or not sop or sop in wanted:
+        for sop in answer.rows:
+            if not sop or sop in wanted:
                 continue
             child = _Entry(
                 kind="instance",
@@ -615,121 +576,14 @@ class ArchiveTree:
                 mtime=entry.mtime,
             )
             wanted[sop] = (child.name, child)
-        listing = self._make_dir(wanted, fetched_at)
+        listing = self._make_dir(wanted, answer.fetched_at)
         return replace(
             listing,
             sop_uids=tuple(listing.entries[name].sop_uid for name in listing.names),
             positions={name: i for i, name in enumerate(listing.names)},
         )
 
-    def _filtered_series(self, fresh_after: float) -> tuple[float, list[Series]]:
-        """The visible series of ``options.series_filter`` (one getSeries each, 8 at a time, all cached)."""
-        uids = sorted(self.options.series_filter or ())
-        if not uids:
-            return time.time(), []
-
-        def one(uid: str) -> tuple[float, list[Any]]:
-            try:
-                return self._answer(
-                    _key("series-uid", uid), lambda: self._client.series(series_instance_uid=uid), fresh_after
-                )
-            except (NotFoundError, AccessDeniedError) as exc:
-                # An invisible series is simply absent, as it is from any listing.
-                log.info("series %s of the filter is not available: %s", uid, exc)
-                return time.time(), []
-
-        if len(uids) == 1:
-            answers = [one(uids[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(FILTER_WORKERS, len(uids))) as pool:
-                answers = list(pool.map(one, uids))
-        fetched_at = min(a[0] for a in answers)
-        found: list[Series] = []
-        for uid, (_at, rows) in zip(uids, answers, strict=True):
-            found.extend(s for s in rows if isinstance(s, Series) and s.series_instance_uid == uid)
-        return fetched_at, found
-
-    # --- answers: memory, disk, single flight -------------------------------------------------------------
-
-    def _answer(
-        self, key: str, load: Callable[[], Iterable[Any]], fresh_after: float = -math.inf
-    ) -> tuple[float, list[Any]]:
-        """``(fetched_at, rows)`` of ``key``: from memory, else the metastore, else one shared request.
-
-        Only an answer fetched at or after ``fresh_after`` is accepted from the caches.
-        """
-        hit = self._remembered(key, fresh_after)
-        if hit is not None:
-            return hit
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = Future()
-                self._flights[key] = flight
-        if not leader:
-            try:
-                return flight.result(timeout=FLIGHT_WAIT)
-            except FutureTimeoutError:
-                raise RequestTimeoutError(
-                    f"gave up waiting {FLIGHT_WAIT:.0f} s for listing {key!r}"
-                ) from None
-        try:
-            # Another leader may have finished between our cache check and taking the flight.
-            answer = self._remembered(key, fresh_after)
-            if answer is None:
-                log.debug("listing %r from the server", key.replace(_SEP, "/"))
-                rows = list(load())
-                answer = (time.time(), rows)
-                with self._lock:
-                    _remember(self._answers, key, answer)
-                if self._store is not None:
-                    self._store.put(key, encode_records(rows), fetched_at=answer[0])
-            flight.set_result(answer)
-            return answer
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        finally:
-            with self._flights_lock:
-                self._flights.pop(key, None)
-
-    def _remembered(self, key: str, fresh_after: float) -> tuple[float, list[Any]] | None:
-        with self._lock:
-            hit = self._answers.get(key)
-        if hit is not None and hit[0] >= fresh_after:
-            return hit
-        if self._store is None:
-            return None
-        stored = self._store.get(key, self._ttl)
-        if stored is None or stored[0] < fresh_after:
-            return None
-        try:
-            answer = (stored[0], decode_records(stored[1]))
-        except ValueError as exc:
-            log.warning("stored listing %r unreadable (%s); asking the server", key, exc)
-            return None
-        with self._lock:
-            _remember(self._answers, key, answer)
-        return answer
-
-
-def _remember(cache: TLRUCache[Any, Any], key: Any, value: Any) -> None:
-    """Insert into a bounded cache; a value larger than the whole cache is simply not kept in memory."""
-    try:
-        cache[key] = value
-    except ValueError:
-        log.debug("listing %r too large to keep in memory", key)
-
-
-def _key(kind: str, *parts: str) -> str:
-    return _SEP.join((kind, *parts))
-
 
 def _same(value: str | None, expected: str) -> bool:
     """A row's field matches (the server filters Collection/PatientID case-insensitively; we do not)."""
     return value is None or value == expected
-
-
-def _replace_name(entry: _Entry, name: str) -> _Entry:
-    return replace(entry, name=name)

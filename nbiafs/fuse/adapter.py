@@ -2,17 +2,16 @@
 
 This is the one place where exceptions become errno values (docs/semantics.md, "Errors"):
 ``NotFoundError`` -> ``ENOENT``, ``AccessDeniedError`` -> ``EACCES``, any other ``NbiaError`` (timeouts,
-server errors, ...) -> ``EIO``, an unexpected exception -> ``EIO`` with its traceback logged. Every write-type
-operation is ``EROFS``. The adapter holds no naming or caching logic: paths, sizes, times and xattrs come from
-the tree.
+server errors, ...) -> ``EIO``, an unexpected exception -> ``EIO`` with its traceback logged. The mount is
+``ro``, so the kernel answers every write-type operation with ``EROFS`` before it reaches us (mfusepy's
+defaults answer EROFS too). The adapter holds no naming or caching logic: paths, sizes, times and xattrs come
+from the tree; the one thing it remembers is which paths the kernel was last shown an estimated size for.
 
-Importing this module loads libfuse (through mfusepy), preferring libfuse3 when both libfuse2 and libfuse3 are
-installed; import it only when a mount is really wanted.
+Importing this module loads libfuse (:mod:`nbiafs.fuse.library`); import it only when a mount is wanted.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
@@ -20,24 +19,13 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from ctypes.util import find_library
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cachetools import TTLCache
 
-from nbiafs.errors import AccessDeniedError, ConfigError, NbiaError, NotFoundError
-
-# mfusepy picks the library when it is imported: FUSE_LIBRARY_PATH, else FUSE_LIBRARY_NAME, else libfuse2
-# before libfuse3. Prefer libfuse3 (fuse_invalidate_path, the maintained one) unless the user chose otherwise.
-if (
-    not os.environ.get("FUSE_LIBRARY_PATH")
-    and not os.environ.get("FUSE_LIBRARY_NAME")
-    and find_library("fuse3")
-):
-    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-
-import mfusepy  # (must come after the library choice above)
+from nbiafs.errors import AccessDeniedError, NbiaError, NotFoundError
+from nbiafs.fuse.library import invalidate_path, mfusepy
 
 if TYPE_CHECKING:
     from nbiafs.fs.tree import ArchiveTree
@@ -58,7 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _errno_boundary(func: F) -> F:
-    """Turn every exception raised by an operation into the errno the contract gives it."""
+    """Turn every exception raised by an operation into an errno: an NbiaError's own ``errno`` (see
+    :mod:`nbiafs.errors`), EIO with a logged traceback for anything unexpected."""
 
     @functools.wraps(func)
     def wrapper(self: NbiaFuse, path: str | None, *args: Any) -> Any:
@@ -68,12 +57,10 @@ def _errno_boundary(func: F) -> F:
             raise
         except NotFoundError:
             raise mfusepy.FuseOSError(errno.ENOENT) from None
-        except AccessDeniedError as exc:
-            log.info("%s %s: access denied: %s", func.__name__, path, exc)
-            raise mfusepy.FuseOSError(errno.EACCES) from None
         except NbiaError as exc:
-            log.warning("%s %s: %s: %s", func.__name__, path, type(exc).__name__, exc)
-            raise mfusepy.FuseOSError(errno.EIO) from None
+            level = logging.INFO if isinstance(exc, AccessDeniedError) else logging.WARNING
+            log.log(level, "%s %s: %s: %s", func.__name__, path, type(exc).__name__, exc)
+            raise mfusepy.FuseOSError(exc.errno) from None
         except Exception:
             log.exception("%s %s: unexpected error", func.__name__, path)
             raise mfusepy.FuseOSError(errno.EIO) from None
@@ -81,11 +68,7 @@ def _errno_boundary(func: F) -> F:
     return cast(F, wrapper)
 
 
-def _read_only(*_args: Any) -> int:
-    raise mfusepy.FuseOSError(errno.EROFS)
-
-
-class NbiaFuse(mfusepy.Operations):
+class NbiaFuse(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ships no type information
     """Read-only FUSE operations over an :class:`ArchiveTree` (meant for ``mfusepy.FUSE(..., raw_fi=True)``).
 
     Open files are file descriptors of the instance's copy in the disk cache (``fi.fh``); reads are ``pread``
@@ -112,13 +95,6 @@ class NbiaFuse(mfusepy.Operations):
         # this bounded even after an `ls -lR` of the whole archive.
         self._estimated: TTLCache[str, bool] = TTLCache(maxsize=1_000_000, ttl=2 * ATTR_TIMEOUT)
         self._lock = threading.Lock()
-        lib = mfusepy._libfuse
-        self._invalidate: Any = (
-            getattr(lib, "fuse_invalidate_path", None) if mfusepy.fuse_version_major == 3 else None
-        )
-        if self._invalidate is not None:
-            self._invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-            self._invalidate.restype = ctypes.c_int
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -208,7 +184,7 @@ class NbiaFuse(mfusepy.Operations):
             # drop its cached attributes so an fstat now sees the exact size.
             fi.direct_io = 1
             fi.keep_cache = 0
-            self._invalidate_attrs(path)
+            invalidate_path(path)
             with self._lock:
                 self._estimated.pop(path, None)
         else:
@@ -229,16 +205,6 @@ class NbiaFuse(mfusepy.Operations):
             return fd
         raise mfusepy.FuseOSError(errno.EIO)
 
-    def _invalidate_attrs(self, path: str) -> None:
-        if self._invalidate is None:
-            return
-        fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
-        if not fuse_ptr:
-            return
-        rc = self._invalidate(fuse_ptr, path.encode("utf-8", "surrogateescape"))
-        if rc not in (0, -errno.ENOENT):
-            log.debug("fuse_invalidate_path(%s) returned %d", path, rc)
-
     @_errno_boundary
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
         return os.pread(fi.fh, size, offset)
@@ -249,80 +215,3 @@ class NbiaFuse(mfusepy.Operations):
             os.close(fi.fh)
             fi.fh = 0
         return 0
-
-    # -- every write-type operation: EROFS ------------------------------------------------------------------
-
-    write = _read_only
-    create = _read_only
-    mkdir = _read_only
-    unlink = _read_only
-    rmdir = _read_only
-    rename = _read_only
-    chmod = _read_only
-    chown = _read_only
-    truncate = _read_only
-    utimens = _read_only
-    setxattr = _read_only
-    removexattr = _read_only
-    symlink = _read_only
-    link = _read_only
-    mknod = _read_only
-
-
-def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint; raises ConfigError if it is not an empty-enough directory we can mount on."""
-    path = os.path.abspath(mountpoint)
-    if not os.path.isdir(path):
-        raise ConfigError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise ConfigError(f"{path} is already a mount point")
-    return path
-
-
-def fuse_options(
-    *, allow_other: bool = False, extra: Mapping[str, str | bool] | None = None
-) -> dict[str, str | bool | float]:
-    """The mount options nbiafs always uses, plus ``allow_other`` and ``-o`` extras (``key[=value]``)."""
-    options: dict[str, str | bool | float] = {
-        "ro": True,
-        "default_permissions": True,
-        "fsname": "nbiafs",
-        "subtype": "nbiafs",
-        "attr_timeout": ATTR_TIMEOUT,
-        "entry_timeout": ENTRY_TIMEOUT,
-        "negative_timeout": NEGATIVE_TIMEOUT,
-    }
-    if allow_other:
-        options["allow_other"] = True
-    if extra:
-        for key, value in extra.items():
-            if key in ("rw",):
-                raise ConfigError("nbiafs is read-only: option 'rw' is not supported")
-            options[key] = value
-    return options
-
-
-def mount(
-    tree: ArchiveTree,
-    mountpoint: str,
-    *,
-    allow_other: bool = False,
-    options: Mapping[str, str | bool] | None = None,
-    ready_callback: Callable[[], None] | None = None,
-    debug: bool = False,
-) -> None:
-    """Mount ``tree`` at ``mountpoint`` and serve it until unmounted or signalled (SIGINT, SIGTERM, SIGHUP).
-
-    Runs libfuse's multithreaded loop in the calling process (never libfuse's own daemonising, which forks
-    after threads may exist; ``nbiafs mount`` forks before that). ``ready_callback`` is called from a helper
-    thread once the mount answers. Raises ConfigError if the mountpoint is unusable or libfuse fails to mount.
-    """
-    path = check_mountpoint(mountpoint)
-    ops = NbiaFuse(tree, mountpoint=path, ready_callback=ready_callback)
-    kwargs = fuse_options(allow_other=allow_other, extra=options)
-    log.info("mounting at %s with options %s", path, ",".join(f"{k}={v}" for k, v in kwargs.items()))
-    try:
-        mfusepy.FUSE(ops, path, foreground=True, nothreads=False, debug=debug, raw_fi=True, **kwargs)
-    except RuntimeError as exc:
-        raise ConfigError(f"could not mount {path} (libfuse error {exc}); see the messages above") from None
-    log.info("unmounted %s", path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,25 +12,13 @@ import requests
 
 from nbiafs.api.client import NbiaClient
 from nbiafs.api.credentials import Credentials
-from nbiafs.api.profiles import resolve_profile
 from nbiafs.errors import AccessDeniedError, AuthenticationError, NbiaError
 from nbiafs.server import ArchiveServer
-from tests.conftest import ALICE, ALICE_PASSWORD
-
-MakeServer = Callable[..., ArchiveServer]
+from tests.helpers import ALICE, ALICE_PASSWORD, MakeServer, api_client, settle
 
 
 def v2_client(srv: ArchiveServer, creds: Credentials | None = None, **kw: Any) -> NbiaClient:
-    return NbiaClient(resolve_profile(api_url=f"{srv.url}/nbia-api/services/v2"), creds, timeout=10, **kw)
-
-
-def settle(srv: ArchiveServer, quiet: float = 0.15, deadline: float = 5.0) -> None:
-    """Wait until the server's request log stops growing (it records a request just after answering it)."""
-    end = time.monotonic() + deadline
-    count = -1
-    while count != len(srv.requests) and time.monotonic() < end:
-        count = len(srv.requests)
-        time.sleep(quiet)
+    return api_client(srv.url, "v2", creds, **kw)
 
 
 def token_records(srv: ArchiveServer) -> list[tuple[int, str]]:
@@ -133,8 +120,8 @@ def test_logout_invalidates_the_token(make_server: MakeServer) -> None:
     srv = make_server()
     client = v2_client(srv, Credentials(ALICE, ALICE_PASSWORD))
     assert client.collections()
-    assert client._tokens is not None
-    token = client._tokens.token()
+    assert client.tokens is not None
+    token = client.tokens.token()
     url = f"{srv.url}/nbia-api/services/v2/getCollectionValues"
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
     client.close()
@@ -165,13 +152,13 @@ def test_secrets_never_logged(make_server: MakeServer, caplog: pytest.LogCapture
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
                 assert client.collections()
-                assert client._tokens is not None
-                seen_tokens.add(client._tokens.token())
+                assert client.tokens is not None
+                seen_tokens.add(client.tokens.token())
                 time.sleep(0.1)
             srv.revoke_tokens()
             assert client.collections()
-            assert client._tokens is not None
-            seen_tokens.add(client._tokens.token())
+            assert client.tokens is not None
+            seen_tokens.add(client.tokens.token())
         finally:
             client.close()
     assert len(seen_tokens) >= 2 and caplog.records

@@ -15,10 +15,9 @@ import pytest
 
 from nbiafs.api.client import NbiaClient
 from nbiafs.api.credentials import Credentials
-from nbiafs.api.profiles import resolve_profile
 from nbiafs.errors import AccessDeniedError, BadRequestError, ConfigError, NotFoundError
 from nbiafs.server import ArchiveServer, SeriesInfo
-from tests.conftest import ALICE, ALICE_PASSWORD, API_KEY, RESTRICTED
+from tests.helpers import ALICE, ALICE_PASSWORD, API_KEY, RESTRICTED, api_client
 
 FLAVOURS = ("v1", "v2", "v3", "v4")
 MR = "NBIAFS-MR-Brain"
@@ -28,13 +27,9 @@ CT = "RIDER Synth CT"
 def make_client(srv: ArchiveServer, flavour: str, *, alice: bool = False) -> NbiaClient:
     """A client of ``srv`` speaking ``flavour`` (guest / anonymous unless ``alice``)."""
     if flavour == "v3":
-        return NbiaClient(
-            resolve_profile("legacy-v3", api_url=srv.url), Credentials("", "", API_KEY), timeout=10
-        )
-    if flavour == "v4":
-        return NbiaClient(resolve_profile("tcia-v4", api_url=srv.url), timeout=10)
-    creds = Credentials(ALICE, ALICE_PASSWORD) if alice else None
-    return NbiaClient(resolve_profile(api_url=f"{srv.url}/nbia-api/services/{flavour}"), creds, timeout=10)
+        return api_client(srv.url, "v3", Credentials("", "", API_KEY))
+    creds = Credentials(ALICE, ALICE_PASSWORD) if alice and flavour != "v4" else None
+    return api_client(srv.url, flavour, creds)
 
 
 @pytest.fixture(params=FLAVOURS)

@@ -5,32 +5,20 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from nbiafs.api.client import NbiaClient
-from nbiafs.api.profiles import resolve_profile
 from nbiafs.errors import RequestTimeoutError, ServerError
 from nbiafs.server import ArchiveServer
-from tests.conftest import RESTRICTED
-
-MakeServer = Callable[..., ArchiveServer]
-
-
-def settle(srv: ArchiveServer, quiet: float = 0.15, deadline: float = 5.0) -> None:
-    """Wait until the server's request log stops growing (it records a request just after answering it)."""
-    end = time.monotonic() + deadline
-    count = -1
-    while count != len(srv.requests) and time.monotonic() < end:
-        count = len(srv.requests)
-        time.sleep(quiet)
+from tests.helpers import RESTRICTED, MakeServer, api_client, settle
 
 
 def v1_client(srv: ArchiveServer, **kw: Any) -> NbiaClient:
     kw.setdefault("backoff", 0.01)
-    return NbiaClient(resolve_profile(api_url=f"{srv.url}/nbia-api/services/v1"), **kw)
+    kw.setdefault("timeout", 30.0)
+    return api_client(srv.url, "v1", **kw)
 
 
 def test_injected_503_and_429_are_retried(make_server: MakeServer) -> None:

@@ -21,12 +21,14 @@ from nbiafs.api.profiles import resolve_profile
 from nbiafs.errors import (
     AccessDeniedError,
     BadRequestError,
-    NetworkError,
+    BadResponseError,
     NotFoundError,
     RequestTimeoutError,
-    ResponseFormatError,
     ServerError,
+    UnavailableError,
 )
+from nbiafs.settings import ClientSettings
+from tests.helpers import api_client
 
 # A handler gets the request handler and the path, and writes a whole answer.
 Script = Callable[[BaseHTTPRequestHandler, str], None]
@@ -100,7 +102,7 @@ def v1_client(stub: Stub, **kw: Any) -> NbiaClient:
     kw.setdefault("timeout", 2.0)
     kw.setdefault("retries", 2)
     kw.setdefault("backoff", 0.01)
-    return NbiaClient(resolve_profile(api_url=f"{stub.url}/nbia-api/services/v1"), **kw)
+    return api_client(stub.url, "v1", **kw)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def v1_client(stub: Stub, **kw: Any) -> NbiaClient:
 )
 def test_wrong_body_where_json_expected(stub: Stub, body: bytes, ctype: str, word: str) -> None:
     stub.routes["getSeries"] = lambda h, p: send(h, 200, body, ctype)
-    with v1_client(stub) as client, pytest.raises(ResponseFormatError, match=word) as info:
+    with v1_client(stub) as client, pytest.raises(BadResponseError, match=word) as info:
         client.series(collection="X")
     assert "getSeries" in str(info.value) and "JSON" in str(info.value)
 
@@ -207,7 +209,7 @@ def test_cut_download_gives_up_with_network_error(stub: Stub) -> None:
     payload = b"\0" * 128 + b"DICM" + b"x" * 5000
     script, calls = _cut_then_whole(payload, cuts=10)
     stub.routes["getSingleImage"] = script
-    with v1_client(stub, retries=1) as client, pytest.raises(NetworkError):
+    with v1_client(stub, retries=1) as client, pytest.raises(UnavailableError):
         client.download_instance("1.2", "1.2.3", io.BytesIO())
     assert len(calls) == 2
 
@@ -233,13 +235,13 @@ def test_cut_json_is_fetched_again(stub: Stub) -> None:
 
 def test_zip_expected_but_json_given(stub: Stub) -> None:
     stub.routes["getImage"] = lambda h, p: send(h, 200, b'{"error":"x"}')
-    with v1_client(stub) as client, pytest.raises(ResponseFormatError, match="ZIP"):
+    with v1_client(stub) as client, pytest.raises(BadResponseError, match="ZIP"):
         client.download_series("1.2", io.BytesIO())
 
 
 def test_html_where_dicom_expected(stub: Stub) -> None:
     stub.routes["getSingleImage"] = lambda h, p: send(h, 200, b"<html>login</html>", "text/html")
-    with v1_client(stub) as client, pytest.raises(ResponseFormatError, match="HTML"):
+    with v1_client(stub) as client, pytest.raises(BadResponseError, match="HTML"):
         client.download_instance("1.2", "1.2.3", io.BytesIO())
 
 
@@ -277,7 +279,9 @@ def test_old_four_key_token_answer_and_bearer_header(stub: Stub) -> None:
     )
     stub.routes["getCollectionValues"] = lambda h, p: send(h, 200, b"")
     stub.routes["logout"] = lambda h, p: send(h, 200, b"")
-    client = NbiaClient(resolve_profile(api_url=f"{stub.url}/nbia-api/services/v2"), timeout=2.0)
+    client = NbiaClient(
+        resolve_profile(api_url=f"{stub.url}/nbia-api/services/v2"), settings=ClientSettings(timeout=2.0)
+    )
     with client:
         assert client.collections() == []
     headers = [hdr for _, e, hdr in stub.seen if e == "getCollectionValues"][0]
@@ -288,7 +292,9 @@ def test_old_four_key_token_answer_and_bearer_header(stub: Stub) -> None:
 def test_v3_sends_api_key_header_not_in_url(stub: Stub) -> None:
     stub.routes["getCollectionValues"] = lambda h, p: send(h, 200, b'[{"Collection":"A"}]')
     profile = resolve_profile("legacy-v3", api_url=stub.url)
-    with NbiaClient(profile, Credentials("", "", api_key="sekrit-key"), timeout=2.0) as client:
+    with NbiaClient(
+        profile, Credentials("", "", api_key="sekrit-key"), settings=ClientSettings(timeout=2.0)
+    ) as client:
         assert client.collections() == ["A"]
     _, _, headers = stub.seen[-1]
     assert headers.get("api_key") == "sekrit-key"

@@ -21,7 +21,7 @@ from nbiafs.api.rows import (
     to_int,
     values,
 )
-from nbiafs.errors import ResponseFormatError
+from nbiafs.errors import BadResponseError
 
 
 def test_empty_body_is_no_rows() -> None:
@@ -45,7 +45,7 @@ def test_object_and_list_bodies() -> None:
     ],
 )
 def test_non_json_bodies_raise_response_format_error(body: bytes, ctype: str, word: str) -> None:
-    with pytest.raises(ResponseFormatError, match=word):
+    with pytest.raises(BadResponseError, match=word):
         parse_json_rows(body, ctype, what="getSeries")
 
 
@@ -73,7 +73,7 @@ def test_patient_id_spellings_and_numeric_ids_stay_strings() -> None:
     assert a.patient_id == b.patient_id == "0042"
     assert c.patient_id == "42"
     assert a.raw == {"PatientId": "0042", "Collection": "C"}
-    with pytest.raises(ResponseFormatError):
+    with pytest.raises(BadResponseError):
         parse_patient({"Collection": "C"})
 
 
@@ -234,5 +234,5 @@ def test_series_metadata_from_csv() -> None:
 def test_series_size_with_decimal_point() -> None:
     size = parse_series_size({"TotalSizeInBytes": "5326432.0", "ObjectCount": 10})
     assert (size.total_size_in_bytes, size.object_count) == (5326432, 10)
-    with pytest.raises(ResponseFormatError):
+    with pytest.raises(BadResponseError):
         parse_series_size({"Other": 1})

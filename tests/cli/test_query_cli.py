@@ -12,7 +12,7 @@ from nbiafs.cli.main import main
 from nbiafs.cli.query import parse_params, write_csv, write_table
 from nbiafs.errors import ConfigError
 from nbiafs.server import ArchiveServer
-from tests.conftest import ALICE, ALICE_PASSWORD, API_KEY, RESTRICTED
+from tests.helpers import ALICE, ALICE_PASSWORD, API_KEY, RESTRICTED
 
 MR = "NBIAFS-MR-Brain"
 

@@ -7,22 +7,15 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
-from nbiafs.errors import ConfigError, NetworkError
-from nbiafs.fs.instance_cache import (
-    CacheError,
-    InstanceCache,
-    default_cache_dir,
-    entry_name,
-    format_size,
-    key_from_name,
-    parse_size,
-)
+from nbiafs.errors import CacheError, ConfigError, UnavailableError
+from nbiafs.fs.instance_cache import InstanceCache, entry_name, key_from_name
+from tests.fs.helpers import FakeClock, in_threads, wait_for
 
 UID = "1.3.6.1.4.1.14519.5.2.1.7695.1700.{}"
 
@@ -42,12 +35,9 @@ def writer(data: bytes, calls: list[str] | None = None, delay: float = 0.0) -> C
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> Iterator[InstanceCache]:
-    c = InstanceCache(tmp_path / "cache", 1000)
-    try:
-        yield c
-    finally:
-        c.close()
+def cache_bytes() -> int:
+    """The ``cache`` fixture of these tests holds 1000 bytes."""
+    return 1000
 
 
 def test_fetch_then_get_and_peek(cache: InstanceCache) -> None:
@@ -72,22 +62,24 @@ def test_peek_counts_nothing(cache: InstanceCache) -> None:
     assert cache.info().hits == 0
 
 
-def test_lru_order_and_bound(cache: InstanceCache) -> None:
-    keys = [UID.format(i) for i in range(4)]
-    for key in keys[:3]:
-        cache.fetch(key, writer(b"a" * 300))
-        time.sleep(0.01)  # distinct access times
-    assert cache.get(keys[0]) is not None  # keys[0] is now the most recently used; keys[1] the least
-    time.sleep(0.01)
-    cache.fetch(keys[3], writer(b"b" * 300))  # 1200 > 1000: evict one
-    assert cache.peek(keys[1]) is None
-    assert [cache.peek(k) for k in (keys[0], keys[2], keys[3])] == [300, 300, 300]
-    time.sleep(0.01)
-    cache.fetch(UID.format(9), writer(b"c" * 500))  # 1400: evict keys[2] then keys[0]
-    assert cache.peek(keys[2]) is None and cache.peek(keys[0]) is None
-    info = cache.info()
-    assert info.total_bytes == 800 <= 1000
-    assert info.entries == 2
+def test_lru_order_and_bound(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with InstanceCache(tmp_path / "cache", 1000, clock=clock) as cache:
+        keys = [UID.format(i) for i in range(4)]
+        for key in keys[:3]:
+            cache.fetch(key, writer(b"a" * 300))
+            clock.advance(1)  # distinct access times
+        assert cache.get(keys[0]) is not None  # keys[0] is now the most recently used; keys[1] the least
+        clock.advance(1)
+        cache.fetch(keys[3], writer(b"b" * 300))  # 1200 > 1000: evict one
+        assert cache.peek(keys[1]) is None
+        assert [cache.peek(k) for k in (keys[0], keys[2], keys[3])] == [300, 300, 300]
+        clock.advance(1)
+        cache.fetch(UID.format(9), writer(b"c" * 500))  # 1400: evict keys[2] then keys[0]
+        assert cache.peek(keys[2]) is None and cache.peek(keys[0]) is None
+        info = cache.info()
+        assert info.total_bytes == 800 <= 1000
+        assert info.entries == 2
 
 
 def test_entry_larger_than_the_bound_is_returned_then_evicted(cache: InstanceCache) -> None:
@@ -119,31 +111,14 @@ def test_access_times_are_flushed_in_the_background(tmp_path: Path) -> None:
         first.fetch(UID.format(1), writer(b"d" * 42))
         first.get(UID.format(1))
         with InstanceCache(directory, None) as other:  # another process's view: the index only
-            deadline = time.monotonic() + 5
-            while other.info().hits != 1:
-                assert time.monotonic() < deadline, "the hit was never written to the index"
-                time.sleep(0.02)
+            wait_for(lambda: other.info().hits == 1, timeout=5)  # the hit is written to the index
 
 
 def test_eight_threads_share_one_download(cache: InstanceCache) -> None:
     calls: list[str] = []
-    results: list[Path] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8, timeout=10)
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(cache.fetch(UID.format(1), writer(b"z" * 200, calls, delay=0.2)))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    assert not any(t.is_alive() for t in threads)
+    results, errors = in_threads(
+        *[lambda: cache.fetch(UID.format(1), writer(b"z" * 200, calls, delay=0.2))] * 8
+    )
     assert errors == []
     assert len(calls) == 1
     assert len(results) == 8 and len(set(results)) == 1
@@ -159,23 +134,11 @@ def test_threads_share_the_error_and_leave_nothing(cache: InstanceCache) -> None
         calls.append("x")
         out.write(b"partial")
         time.sleep(0.2)
-        raise NetworkError("connection reset mid-body")
+        raise UnavailableError("connection reset mid-body")
 
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cache.fetch(UID.format(1), failing)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
+    _, errors = in_threads(*[lambda: cache.fetch(UID.format(1), failing)] * 4)
     assert len(calls) == 1
-    assert len(errors) == 4 and all(isinstance(e, NetworkError) for e in errors)
+    assert len(errors) == 4 and all(isinstance(e, UnavailableError) for e in errors)
     assert leftovers(cache.directory) == []
     assert cache.peek(UID.format(1)) is None
     assert cache.info().entries == 0
@@ -360,32 +323,3 @@ def test_two_processes_share_one_download(tmp_path: Path) -> None:
     with InstanceCache(directory, None) as c:
         info = c.info()
         assert (info.entries, info.misses, info.hits) == (1, 1, 1)
-
-
-def test_parse_size() -> None:
-    assert parse_size("20G") == 20 * 1024**3
-    assert parse_size("512m") == 512 * 1024**2
-    assert parse_size("1.5K") == 1536
-    assert parse_size("2TiB") == 2 * 1024**4
-    assert parse_size("10GB") == 10 * 1024**3
-    assert parse_size(" 4096 ") == 4096
-    assert parse_size("100B") == 100
-    for bad in ("", "G", "20X", "-1G", "0", "1 G G", "ten"):
-        with pytest.raises(ConfigError):
-            parse_size(bad)
-
-
-def test_format_size() -> None:
-    assert format_size(5) == "5 B"
-    assert format_size(1536) == "1.5 KiB"
-    assert format_size(20 * 1024**3) == "20.0 GiB"
-
-
-def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "nbiafs"
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_cache_dir() == tmp_path / "home" / ".cache" / "nbiafs"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert default_cache_dir() == tmp_path / "home" / ".cache" / "nbiafs"

@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from nbiafs.api.records import Patient, Series, Study
 from nbiafs.errors import ConfigError
 from nbiafs.fs.listing_store import DB_NAME, MetaStore, decode_records, encode_records
+from tests.fs.helpers import in_threads, stored
 
 
 def test_put_get_persist_across_instances(tmp_path: Path) -> None:
@@ -36,7 +36,9 @@ def test_expiry_and_future_stamps(tmp_path: Path) -> None:
         now = time.time()
         store.put("old", [1], fetched_at=now - 100)
         assert store.get("old", max_age=50) is None
-        assert store.get("old", max_age=200) == (pytest.approx(now - 100), [1])
+        fetched_at, value = stored(store, "old", max_age=200)
+        assert fetched_at == pytest.approx(now - 100)
+        assert value == [1]
         store.put("future", [2], fetched_at=now + 3600)
         assert store.get("future", max_age=10**9) is None
         assert store.get("absent", max_age=60) is None
@@ -51,31 +53,22 @@ def test_namespaces_do_not_mix(tmp_path: Path) -> None:
         alice.put("collections", ["PUBLIC", "RESTRICTED"])
         guest.put("collections", ["PUBLIC"])
         assert alice.get("collections", 60) is not None
-        assert guest.get("collections", 60)[1] == ["PUBLIC"]  # type: ignore[index]
+        assert stored(guest, "collections")[1] == ["PUBLIC"]
         assert store.get("collections", 60) is None
         guest.clear()
         assert guest.get("collections", 60) is None
-        assert alice.get("collections", 60)[1] == ["PUBLIC", "RESTRICTED"]  # type: ignore[index]
+        assert stored(alice, "collections")[1] == ["PUBLIC", "RESTRICTED"]
 
 
 def test_two_instances_share_one_directory_concurrently(tmp_path: Path) -> None:
     a, b = MetaStore(tmp_path), MetaStore(tmp_path)
-    errors: list[BaseException] = []
 
     def writer(store: MetaStore, tag: str) -> None:
-        try:
-            for i in range(50):
-                store.put(f"k{i}", [tag, i])
-                assert store.get(f"k{i}", 60) is not None
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(50):
+            store.put(f"k{i}", [tag, i])
+            assert store.get(f"k{i}", 60) is not None
 
-    threads = [threading.Thread(target=writer, args=(s, t)) for s, t in ((a, "a"), (b, "b"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
+    _, errors = in_threads(lambda: writer(a, "a"), lambda: writer(b, "b"))
     assert not errors
     for i in range(50):
         got = a.get(f"k{i}", 60)
@@ -94,10 +87,9 @@ def test_another_process_sees_the_listing(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60, env=env)
     with MetaStore(tmp_path) as store:
-        assert store.scoped("srv|u").get("patients\x1fC", 60) == (
-            pytest.approx(time.time(), abs=60),
-            ["p1", "p2"],
-        )
+        fetched_at, value = stored(store.scoped("srv|u"), "patients\x1fC")
+        assert fetched_at == pytest.approx(time.time(), abs=60)
+        assert value == ["p1", "p2"]
 
 
 def test_corrupt_database_is_replaced_not_a_crash(tmp_path: Path) -> None:
@@ -105,7 +97,7 @@ def test_corrupt_database_is_replaced_not_a_crash(tmp_path: Path) -> None:
     with MetaStore(tmp_path) as store:
         assert store.get("collections", 60) is None
         store.put("collections", ["A"])
-        assert store.get("collections", 60)[1] == ["A"]  # type: ignore[index]
+        assert stored(store, "collections")[1] == ["A"]
 
 
 def test_unusable_directory_is_a_config_error(tmp_path: Path) -> None:

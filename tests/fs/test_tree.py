@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pytest
 
@@ -16,7 +13,9 @@ from nbiafs.api.records import Patient, Series, Study
 from nbiafs.errors import AccessDeniedError, NotFoundError, ServerError
 from nbiafs.fs.instance_cache import InstanceCache
 from nbiafs.fs.listing_store import MetaStore
-from nbiafs.fs.tree import DEFAULT_INSTANCE_SIZE, ArchiveTree, Node, TreeOptions
+from nbiafs.fs.tree import DEFAULT_INSTANCE_SIZE, ArchiveTree, Node
+from nbiafs.settings import TreeSettings
+from tests.fs.helpers import Calls, FakeClock, in_threads
 
 C1 = "RIDER Lung CT"
 C2 = "CHEST/ABD"
@@ -28,21 +27,37 @@ SEG_B = "1.2.3.1.8.55555"
 CT = "1.2.3.1.9.33333"
 OTHER = "1.2.3.5.9.44444"
 RELEASED = dt.datetime(2020, 5, 17, 10, 30)
+API_URL = "http://fake/nbia-api/services/v2"
+
+T = TypeVar("T")
 
 
-class Profile:
-    api_url = "http://fake/nbia-api/services/v2"
+def segmentation(uid: str, file_size: int) -> Series:
+    """One of the patient's two SEG series of study 1 (same number and description, one image each)."""
+    return Series(
+        uid,
+        STUDY1,
+        C1,
+        "0042",
+        modality="SEG",
+        series_number=1000,
+        series_description="Segmentation",
+        image_count=1,
+        file_size=file_size,
+        raw={"Modality": "SEG"},
+    )
 
 
 class FakeClient:
-    """An in-memory NBIA archive that counts every call (thread-safe) and can be slowed down or broken."""
+    """An in-memory NBIA archive that counts every call (thread-safe) and can be slowed down or broken.
+
+    Implements :class:`nbiafs.fs.protocols.ArchiveClient`.
+    """
 
     def __init__(self, user: str = "alice", delay: float = 0.0) -> None:
-        self.profile = Profile()
         self.user = user
         self.delay = delay
-        self.calls: Counter[tuple[Any, ...]] = Counter()
-        self.lock = threading.Lock()
+        self.calls: Calls[tuple[Any, ...]] = Calls()
         self.fail: Exception | None = None
         self.reverse = False
         self.collections_data = [C1, C2] + ([RESTRICTED] if user == "alice" else [])
@@ -66,11 +81,10 @@ class FakeClient:
             ],
             (C2, "p/1"): [Study("9.9.1", "p/1", C2, raw={})],
         }
-        seg = dict(modality="SEG", series_number=1000, series_description="Segmentation", image_count=1)
         self.series_data = {
             (C1, "0042"): [
-                Series(SEG_A, STUDY1, C1, "0042", file_size=100, raw={"Modality": "SEG"}, **seg),  # type: ignore[arg-type]
-                Series(SEG_B, STUDY1, C1, "0042", file_size=200, raw={"Modality": "SEG"}, **seg),  # type: ignore[arg-type]
+                segmentation(SEG_A, 100),
+                segmentation(SEG_B, 200),
                 Series(
                     CT,
                     STUDY1,
@@ -97,20 +111,22 @@ class FakeClient:
             "9.9.1.1": ["9.9.1.1.1"],
         }
 
+    @property
+    def scope(self) -> str:
+        return f"{API_URL}|{self.user}"
+
     def _call(self, *key: Any) -> None:
-        with self.lock:
-            self.calls[key] += 1
+        self.calls.add(key)
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
 
-    def _order(self, rows: list[Any]) -> list[Any]:
+    def _order(self, rows: list[T]) -> list[T]:
         return list(reversed(rows)) if self.reverse else list(rows)
 
     def total(self) -> int:
-        with self.lock:
-            return sum(self.calls.values())
+        return self.calls.total()
 
     def collections(self) -> list[str]:
         self._call("collections")
@@ -121,9 +137,7 @@ class FakeClient:
         assert collection is not None, "the tree must never list every patient of the archive"
         return self._order(self.patients_data.get(collection, []))
 
-    def studies(
-        self, collection: str, patient_id: str | None = None, study_instance_uid: str | None = None
-    ) -> list[Study]:
+    def studies(self, collection: str, patient_id: str | None = None) -> list[Study]:
         self._call("studies", collection, patient_id)
         return self._order(self.studies_data.get((collection, patient_id or ""), []))
 
@@ -133,7 +147,6 @@ class FakeClient:
         patient_id: str | None = None,
         study_instance_uid: str | None = None,
         series_instance_uid: str | None = None,
-        **_: Any,
     ) -> list[Series]:
         self._call("series", collection, patient_id, study_instance_uid, series_instance_uid)
         if series_instance_uid is not None:
@@ -159,31 +172,13 @@ class FakeClient:
         return len(data)
 
 
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[InstanceCache]:
-    c = InstanceCache(tmp_path / "cache", 10 * 1024 * 1024)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetaStore]:
-    s = MetaStore(tmp_path / "meta")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 STUDY1_NAME = "12-09-2003-7-CHESTABD W CONTRAST-11111"
 SERIES_DIR = f"/{C1}/0042/{STUDY1_NAME}"
 CT_NAME = "2.000000-AX 5mm-33333"
 
 
 def test_descriptive_tree(cache: InstanceCache) -> None:
-    tree = ArchiveTree(FakeClient(), cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(FakeClient(), cache, None, TreeSettings())
     assert tree.listdir("/") == sorted([C1, "CHEST_ABD", RESTRICTED])
     assert tree.listdir(f"/{C1}") == ["0042"]
     assert tree.listdir(f"/{C1}/0042") == [STUDY1_NAME, "NA-NA-22222"]
@@ -197,7 +192,7 @@ def test_descriptive_tree(cache: InstanceCache) -> None:
 
 
 def test_uid_layout(cache: InstanceCache) -> None:
-    tree = ArchiveTree(FakeClient(), cache, None, TreeOptions(layout="uid"))  # type: ignore[arg-type]
+    tree = ArchiveTree(FakeClient(), cache, None, TreeSettings(layout="uid"))
     assert tree.listdir(f"/{C1}/0042") == [STUDY1, STUDY2]
     assert tree.listdir(f"/{C1}/0042/{STUDY1}") == sorted([SEG_A, SEG_B, CT])
     assert tree.lookup(f"/{C1}/0042/{STUDY1}/{CT}/1.2.3.1.9.33333.2.dcm").kind == "instance"
@@ -207,8 +202,8 @@ def test_names_are_stable_whatever_the_listing_order(cache: InstanceCache) -> No
     forward = FakeClient()
     backward = FakeClient()
     backward.reverse = True
-    t1 = ArchiveTree(forward, cache, None, TreeOptions())  # type: ignore[arg-type]
-    t2 = ArchiveTree(backward, cache, None, TreeOptions())  # type: ignore[arg-type]
+    t1 = ArchiveTree(forward, cache, None, TreeSettings())
+    t2 = ArchiveTree(backward, cache, None, TreeSettings())
     for path in ("/", f"/{C1}/0042", SERIES_DIR, f"{SERIES_DIR}/{CT_NAME}"):
         assert t1.listdir(path) == t2.listdir(path)
     seg = t1.lookup(f"{SERIES_DIR}/1000.000000-Segmentation-8.55555")
@@ -217,7 +212,7 @@ def test_names_are_stable_whatever_the_listing_order(cache: InstanceCache) -> No
 
 def test_lookup_lists_only_the_directories_on_the_path(cache: InstanceCache) -> None:
     client = FakeClient()
-    tree = ArchiveTree(client, cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(client, cache, None, TreeSettings())
     tree.lookup(f"/{C1}/0042")
     assert client.calls == Counter({("collections",): 1, ("patients", C1): 1})
     tree.lookup(f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.1.dcm")
@@ -239,22 +234,9 @@ def test_lookup_lists_only_the_directories_on_the_path(cache: InstanceCache) -> 
 
 def test_single_flight(cache: InstanceCache) -> None:
     client = FakeClient(delay=0.3)
-    tree = ArchiveTree(client, cache, None, TreeOptions())  # type: ignore[arg-type]
-    results: list[list[str]] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            results.append(tree.listdir(f"/{C1}/0042"))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads) and not errors
+    tree = ArchiveTree(client, cache, None, TreeSettings())
+    results, errors = in_threads(*[lambda: tree.listdir(f"/{C1}/0042")] * 8)
+    assert not errors
     assert len(results) == 8 and all(r == results[0] for r in results)
     assert client.calls[("collections",)] == 1
     assert client.calls[("patients", C1)] == 1
@@ -263,7 +245,8 @@ def test_single_flight(cache: InstanceCache) -> None:
 
 def test_negative_cache_and_relisting(cache: InstanceCache) -> None:
     client = FakeClient()
-    tree = ArchiveTree(client, cache, None, TreeOptions(negative_ttl=0.3))  # type: ignore[arg-type]
+    clock = FakeClock()
+    tree = ArchiveTree(client, cache, None, TreeSettings(negative_ttl=0.3), clock=clock)
     tree.listdir(f"/{C1}")
     before = client.total()
     with pytest.raises(NotFoundError):
@@ -273,7 +256,7 @@ def test_negative_cache_and_relisting(cache: InstanceCache) -> None:
     assert client.total() == before  # the fresh listing answers; the miss is remembered
     # A patient published later shows up through one re-listing once the listing is older than negative_ttl.
     client.patients_data[C1].append(Patient("new", C1, raw={}))
-    time.sleep(0.35)
+    clock.advance(0.35)
     assert tree.lookup(f"/{C1}/new").kind == "patient"
     assert client.calls[("patients", C1)] == 2
     with pytest.raises(NotFoundError):
@@ -286,13 +269,13 @@ def test_negative_cache_and_relisting(cache: InstanceCache) -> None:
 def test_remount_on_the_same_metastore_makes_no_request(cache: InstanceCache, store: MetaStore) -> None:
     paths = ["/", f"/{C1}", f"/{C1}/0042", SERIES_DIR, f"{SERIES_DIR}/{CT_NAME}"]
     first = FakeClient()
-    tree = ArchiveTree(first, cache, store, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(first, cache, store, TreeSettings())
     listings = [tree.listdir(p) for p in paths]
     node = tree.lookup(f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.1.dcm")
     assert first.total() == 5
 
     second = FakeClient()
-    again = ArchiveTree(second, cache, MetaStore(store.directory), TreeOptions())  # type: ignore[arg-type]
+    again = ArchiveTree(second, cache, MetaStore(store.directory), TreeSettings())
     assert [again.listdir(p) for p in paths] == listings
     assert again.lookup(f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.1.dcm") == node
     assert again.xattrs(f"{SERIES_DIR}/{CT_NAME}") == tree.xattrs(f"{SERIES_DIR}/{CT_NAME}")
@@ -300,20 +283,20 @@ def test_remount_on_the_same_metastore_makes_no_request(cache: InstanceCache, st
 
     # Another account on the same server never sees alice's listings.
     guest = FakeClient(user="nbia_guest")
-    guest_tree = ArchiveTree(guest, cache, store, TreeOptions())  # type: ignore[arg-type]
+    guest_tree = ArchiveTree(guest, cache, store, TreeSettings())
     assert RESTRICTED not in guest_tree.listdir("/")
     assert guest.calls[("collections",)] == 1
 
     # Expired listings are fetched again.
     stale = FakeClient()
-    stale_tree = ArchiveTree(stale, cache, store, TreeOptions(listing_ttl=0.0))  # type: ignore[arg-type]
+    stale_tree = ArchiveTree(stale, cache, store, TreeSettings(listing_ttl=0.0))
     stale_tree.listdir("/")
     assert stale.calls[("collections",)] == 1
 
 
 def test_sizes_estimated_then_exact(cache: InstanceCache) -> None:
     client = FakeClient()
-    tree = ArchiveTree(client, cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(client, cache, None, TreeSettings())
     path = f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.1.dcm"
     estimate = tree.lookup(path)
     assert (estimate.size, estimate.exact_size, estimate.is_dir) == (334, False, False)  # ceil(1000 / 3)
@@ -333,7 +316,7 @@ def test_sizes_estimated_then_exact(cache: InstanceCache) -> None:
 
 
 def test_mtimes_come_from_the_data(cache: InstanceCache) -> None:
-    tree = ArchiveTree(FakeClient(), cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(FakeClient(), cache, None, TreeSettings())
     released = RELEASED.replace(tzinfo=dt.timezone.utc).timestamp()
     study_date = dt.datetime(2003, 12, 9, tzinfo=dt.timezone.utc).timestamp()
     assert tree.lookup(f"{SERIES_DIR}/{CT_NAME}").mtime == released
@@ -345,7 +328,7 @@ def test_mtimes_come_from_the_data(cache: InstanceCache) -> None:
 
 
 def test_xattrs(cache: InstanceCache) -> None:
-    tree = ArchiveTree(FakeClient(), cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(FakeClient(), cache, None, TreeSettings())
     assert tree.xattrs(f"/{C1}") == {"user.nbia.Collection": C1.encode()}
     patient = tree.xattrs(f"/{C1}/0042")
     assert patient["user.nbia.PatientId"] == b"0042" and patient["user.nbia.PatientSex"] == b"F"
@@ -369,7 +352,7 @@ def test_xattrs(cache: InstanceCache) -> None:
 
 def test_errors(cache: InstanceCache) -> None:
     client = FakeClient()
-    tree = ArchiveTree(client, cache, None, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(client, cache, None, TreeSettings())
     file_path = f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.2.dcm"
     with pytest.raises(NotFoundError):
         tree.listdir(file_path)
@@ -384,13 +367,13 @@ def test_errors(cache: InstanceCache) -> None:
     broken = FakeClient()
     broken.fail = ServerError("HTTP 503", status=503)
     with pytest.raises(ServerError):
-        ArchiveTree(broken, cache, None, TreeOptions()).listdir("/")  # type: ignore[arg-type]
+        ArchiveTree(broken, cache, None, TreeSettings()).listdir("/")
 
 
 def test_collections_option(cache: InstanceCache) -> None:
     client = FakeClient(user="nbia_guest")
-    options = TreeOptions(collections=("rider lung ct", RESTRICTED))
-    tree = ArchiveTree(client, cache, None, options)  # type: ignore[arg-type]
+    options = TreeSettings(collections=("rider lung ct", RESTRICTED))
+    tree = ArchiveTree(client, cache, None, options)
     assert tree.listdir("/") == [C1]  # matched case-insensitively; the invisible one is absent
     with pytest.raises(NotFoundError):
         tree.lookup(f"/{RESTRICTED}")
@@ -400,8 +383,8 @@ def test_collections_option(cache: InstanceCache) -> None:
 
 def test_series_filter(cache: InstanceCache, store: MetaStore) -> None:
     client = FakeClient()
-    options = TreeOptions(series_filter=frozenset({CT, "9.9.9.unknown"}))
-    tree = ArchiveTree(client, cache, store, options)  # type: ignore[arg-type]
+    options = TreeSettings(series_filter=frozenset({CT, "9.9.9.unknown"}))
+    tree = ArchiveTree(client, cache, store, options)
     assert tree.listdir("/") == [C1]
     assert tree.listdir(f"/{C1}") == ["0042"]
     assert tree.listdir(f"/{C1}/0042") == [STUDY1_NAME]
@@ -416,7 +399,7 @@ def test_series_filter(cache: InstanceCache, store: MetaStore) -> None:
         tree.lookup(f"{SERIES_DIR}/1000.000000-Segmentation-7.55555")
     # A remount with the same filter lists from the metastore.
     second = FakeClient()
-    again = ArchiveTree(second, cache, MetaStore(store.directory), options)  # type: ignore[arg-type]
+    again = ArchiveTree(second, cache, MetaStore(store.directory), options)
     assert again.listdir(SERIES_DIR) == [CT_NAME]
     assert second.total() == 0
 
@@ -424,12 +407,13 @@ def test_series_filter(cache: InstanceCache, store: MetaStore) -> None:
 def test_tiny_memory_falls_back_to_the_metastore(
     cache: InstanceCache, store: MetaStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import nbiafs.fs.listings
     import nbiafs.fs.tree
 
-    monkeypatch.setattr(nbiafs.fs.tree, "_MEMORY_ROWS", 1)
+    monkeypatch.setattr(nbiafs.fs.listings, "_MEMORY_ROWS", 1)
     monkeypatch.setattr(nbiafs.fs.tree, "_MEMORY_DIRS", 1)
     client = FakeClient()
-    tree = ArchiveTree(client, cache, store, TreeOptions())  # type: ignore[arg-type]
+    tree = ArchiveTree(client, cache, store, TreeSettings())
     first = tree.listdir(SERIES_DIR)
     calls = client.total()
     for _ in range(3):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,22 +18,26 @@ from nbiafs.errors import NotFoundError
 from nbiafs.fs import names
 from nbiafs.fs.instance_cache import InstanceCache
 from nbiafs.fs.listing_store import MetaStore
-from nbiafs.fs.tree import ArchiveTree, TreeOptions
+from nbiafs.fs.tree import ArchiveTree
 from nbiafs.server import ArchiveServer
-from tests.conftest import ALICE, ALICE_PASSWORD, RESTRICTED
+from nbiafs.settings import ClientSettings, TreeSettings
+from tests.fs.helpers import Calls
+from tests.helpers import ALICE, ALICE_PASSWORD, RESTRICTED
 
 SKIP = {"NBIAFS-Bench"}  # one 200-instance series: walked by the benchmarks, not here
 
 
 class Counting:
-    """Delegates to a real client and counts the calls of each method (thread-safe)."""
+    """Delegates to a real client and counts the calls of each method (thread-safe).
+
+    Has the client's :attr:`~nbiafs.api.client.NbiaClient.scope`, so it satisfies
+    :class:`nbiafs.fs.protocols.ArchiveClient` as the client does.
+    """
 
     def __init__(self, client: NbiaClient) -> None:
         self._client = client
-        self.profile = client.profile
-        self.user = client.user
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.scope = client.scope
+        self.calls: Calls[str] = Calls()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -42,8 +45,7 @@ class Counting:
             return attr
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls[name] += 1
+            self.calls.add(name)
             return attr(*args, **kwargs)
 
         return counted
@@ -52,7 +54,7 @@ class Counting:
 def make_client(srv: ArchiveServer, user: str | None) -> NbiaClient:
     profile = resolve_profile(api_url=f"{srv.url}/nbia-api/services/v2")
     creds = Credentials(user, ALICE_PASSWORD) if user else None
-    return NbiaClient(profile, creds, timeout=10.0, retries=2, backoff=0.05)
+    return NbiaClient(profile, creds, ClientSettings(timeout=10.0, retries=2, backoff=0.05))
 
 
 @pytest.fixture
@@ -69,15 +71,6 @@ def clients(archive_server: ArchiveServer) -> Iterator[Callable[[str | None], Nb
     finally:
         for client in made:
             client.close()
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[InstanceCache]:
-    c = InstanceCache(tmp_path / "cache", 64 * 1024 * 1024)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def walk(tree: ArchiveTree, path: str = "/") -> Iterator[tuple[str, str]]:
@@ -98,7 +91,7 @@ def walk(tree: ArchiveTree, path: str = "/") -> Iterator[tuple[str, str]]:
 def test_every_path_resolves(
     layout: str, clients: Callable[[str | None], NbiaClient], cache: InstanceCache
 ) -> None:
-    tree = ArchiveTree(clients(ALICE), cache, None, TreeOptions(layout=layout))
+    tree = ArchiveTree(clients(ALICE), cache, None, TreeSettings(layout=layout))
     kinds: Counter[str] = Counter()
     for path, kind in walk(tree):
         kinds[kind] += 1
@@ -121,7 +114,7 @@ def test_every_path_resolves(
 
 
 def test_sizes_exact_after_open(clients: Callable[[str | None], NbiaClient], cache: InstanceCache) -> None:
-    tree = ArchiveTree(clients(ALICE), cache, None, TreeOptions())
+    tree = ArchiveTree(clients(ALICE), cache, None, TreeSettings())
     series_paths = [p for p, kind in walk(tree) if kind == "series"][:3]
     assert series_paths
     for series_path in series_paths:
@@ -142,11 +135,11 @@ def test_sizes_exact_after_open(clients: Callable[[str | None], NbiaClient], cac
 def test_restricted_collection_absent_for_guest(
     clients: Callable[[str | None], NbiaClient], cache: InstanceCache
 ) -> None:
-    guest = ArchiveTree(clients(None), cache, None, TreeOptions())
+    guest = ArchiveTree(clients(None), cache, None, TreeSettings())
     assert RESTRICTED not in guest.listdir("/")
     with pytest.raises(NotFoundError):
         guest.lookup(f"/{RESTRICTED}")
-    alice = ArchiveTree(clients(ALICE), cache, None, TreeOptions())
+    alice = ArchiveTree(clients(ALICE), cache, None, TreeSettings())
     assert RESTRICTED in alice.listdir("/")
     assert alice.listdir(f"/{RESTRICTED}")
 
@@ -156,16 +149,16 @@ def test_remount_lists_with_zero_requests(
 ) -> None:
     with MetaStore(tmp_path / "meta") as store:
         first = Counting(clients(ALICE))
-        tree = ArchiveTree(first, cache, store, TreeOptions())  # type: ignore[arg-type]
+        tree = ArchiveTree(first, cache, store, TreeSettings())
         seen = {path: kind for path, kind in walk(tree)}
         assert sum(first.calls.values()) > 0
     with MetaStore(tmp_path / "meta") as store:
         second = Counting(clients(ALICE))
-        again = ArchiveTree(second, cache, store, TreeOptions())  # type: ignore[arg-type]
+        again = ArchiveTree(second, cache, store, TreeSettings())
         assert {path: kind for path, kind in walk(again)} == seen
         assert sum(second.calls.values()) == 0
         guest = Counting(clients(None))
-        guest_tree = ArchiveTree(guest, cache, store, TreeOptions())  # type: ignore[arg-type]
+        guest_tree = ArchiveTree(guest, cache, store, TreeSettings())
         assert RESTRICTED not in guest_tree.listdir("/")  # alice's listing is not the guest's
         assert guest.calls["collections"] == 1
 
@@ -177,7 +170,7 @@ def test_cart_filter_lists_only_its_series(
     cart = client.contents_by_name("nbiafs-demo-cart")
     uids = frozenset(s.series_instance_uid for s in cart)
     assert uids
-    tree = ArchiveTree(client, cache, None, TreeOptions(series_filter=uids))  # type: ignore[arg-type]
+    tree = ArchiveTree(client, cache, None, TreeSettings(series_filter=uids))
     found = {tree.xattrs(p)["user.nbia.SeriesInstanceUID"].decode() for p, k in walk(tree) if k == "series"}
     assert found == uids
     assert tree.listdir("/") == sorted({names.safe_name(s.collection) for s in cart if s.collection})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nbiafs.server import ArchiveServer
-from tests.conftest import ALICE, ALICE_PASSWORD, RESTRICTED
+from tests.helpers import ALICE, ALICE_PASSWORD, RESTRICTED
 from tests.mountutil import (
     Mount,
     archive_files,

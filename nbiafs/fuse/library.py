@@ -1,0 +1,74 @@
+"""Which libfuse nbiafs loads, and the one libfuse call mfusepy does not wrap (``fuse_invalidate_path``).
+
+mfusepy chooses its library when it is imported: ``FUSE_LIBRARY_PATH``, else ``FUSE_LIBRARY_NAME``, else libfuse2
+before libfuse3. nbiafs prefers libfuse3 (the maintained one, with ``fuse_invalidate_path``) unless the user
+chose: the choice is passed to mfusepy's import through its environment variable, which is restored right
+after, so nothing else in the process sees it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from ctypes.util import find_library
+from typing import Any
+
+__all__ = ["FUSE_MAJOR", "invalidate_path", "mfusepy"]
+
+log = logging.getLogger(__name__)
+
+
+_USER_CHOICE = os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME")
+_LIBRARY_PATH = None if _USER_CHOICE else find_library("fuse3")
+"""The libfuse nbiafs asked mfusepy to load (None: the user's or mfusepy's own choice)."""
+
+if _LIBRARY_PATH:
+    os.environ["FUSE_LIBRARY_PATH"] = _LIBRARY_PATH
+try:
+    import mfusepy
+finally:
+    if _LIBRARY_PATH:
+        del os.environ["FUSE_LIBRARY_PATH"]
+
+FUSE_MAJOR: int = int(mfusepy.fuse_version_major)
+"""2 or 3: the major version of the libfuse in use."""
+
+
+class _FuseContext(ctypes.Structure):
+    # struct fuse_context begins with ``struct fuse *fuse`` in libfuse 2 and 3; only that field is read.
+    _fields_ = [("fuse", ctypes.c_void_p)]
+
+
+def _load_invalidate() -> tuple[ctypes.CDLL, Any] | None:
+    """Our own handle on the same libfuse mfusepy loaded (dlopen shares it), with fuse_invalidate_path."""
+    if FUSE_MAJOR != 3 or _LIBRARY_PATH is None:
+        return None
+    lib = ctypes.CDLL(_LIBRARY_PATH)
+    invalidate = getattr(lib, "fuse_invalidate_path", None)
+    if invalidate is None:
+        return None
+    lib.fuse_get_context.restype = ctypes.POINTER(_FuseContext)
+    invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    invalidate.restype = ctypes.c_int
+    return lib, invalidate
+
+
+_INVALIDATE = _load_invalidate()
+
+
+def invalidate_path(path: str) -> None:
+    """Drop the kernel's cached attributes and data of ``path`` (libfuse 3 only; a no-op elsewhere).
+
+    Must be called from a thread that is serving a FUSE request (it reads the request's context).
+    """
+    if _INVALIDATE is None:
+        return
+    lib, invalidate = _INVALIDATE
+    fuse_ptr = lib.fuse_get_context().contents.fuse
+    if not fuse_ptr:
+        return
+    rc = invalidate(fuse_ptr, path.encode("utf-8", "surrogateescape"))
+    if rc not in (0, -errno.ENOENT):
+        log.debug("fuse_invalidate_path(%s) returned %d", path, rc)

@@ -1,0 +1,115 @@
+"""Every tunable default of nbiafs, defined once; the CLI, the mount and the Python API all read these.
+
+Three frozen settings objects, one per layer that is tuned: :class:`ClientSettings` (HTTP),
+:class:`TreeSettings` (the filesystem tree and its listing caches) and :class:`CacheSettings` (the instance
+cache on disk). Sizes are bytes, times seconds. Also the size syntax of ``--cache-size`` and the default
+cache directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from nbiafs.errors import ConfigError
+
+APP_NAME = "nbiafs"
+LAYOUTS = ("descriptive", "uid")
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache directory (platformdirs: ``$XDG_CACHE_HOME/nbiafs`` or ``~/.cache/nbiafs``)."""
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How the HTTP client talks to a server.
+
+    ``timeout``: seconds to connect and for each read. ``retries``: retries of one request (429/5xx,
+    connection errors, cut bodies). ``pool_size``: connections at most, shared by all threads. ``backoff``:
+    urllib3's back-off factor in seconds.
+    """
+
+    timeout: float = 30.0
+    retries: int = 5
+    pool_size: int = 16
+    backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError(f"the timeout must be positive, not {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be 0 or more, not {self.retries}")
+        if self.pool_size < 1:
+            raise ConfigError(f"the connection pool needs at least 1 connection, not {self.pool_size}")
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """How the tree is named, filtered and cached.
+
+    ``layout``: ``descriptive`` (the Data Retriever's names) or ``uid``. ``collections``: mount only these
+    (None: all). ``series_filter``: mount only these SeriesInstanceUIDs (a manifest or a cart).
+    ``listing_ttl``: seconds a listing stays fresh (memory and disk). ``negative_ttl``: seconds a name missing
+    from a listing stays missing. ``readahead``: instances of a series fetched ahead of a sequential reader
+    (0: off).
+    """
+
+    layout: str = "descriptive"
+    collections: tuple[str, ...] | None = None
+    series_filter: frozenset[str] | None = None
+    listing_ttl: float = 86400.0
+    negative_ttl: float = 30.0
+    readahead: int = 32
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r} (one of {', '.join(LAYOUTS)})")
+        if self.listing_ttl < 0 or self.negative_ttl < 0:
+            raise ConfigError("the listing and negative TTLs must not be negative")
+        if self.readahead < 0:
+            raise ConfigError("read-ahead must not be negative")
+
+
+DEFAULT_CACHE_SIZE = 20 << 30
+"""Bytes the instance cache may hold (``--cache-size`` default: 20 GiB)."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where the instance cache lives and how large it may grow (``max_bytes``, bytes)."""
+
+    directory: Path = field(default_factory=default_cache_dir)
+    max_bytes: int = DEFAULT_CACHE_SIZE
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional K/M/G/T suffix (binary multiples).
+
+    "20G", "20GiB", "20gb", "1.5T", "4096" are accepted. Raises ConfigError for anything else, or for zero.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (expected e.g. 500M, 20G or a number of bytes)")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if value <= 0:
+        raise ConfigError(f"size must be positive: {text!r}")
+    return value
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes in binary units for humans, e.g. ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
