@@ -29,21 +29,30 @@ def default_cache_dir() -> Path:
 class ClientSettings:
     """How the HTTP client talks to a server.
 
-    ``timeout``: seconds to connect and for each read. ``retries``: retries of one request (429/5xx,
-    connection errors, cut bodies). ``pool_size``: connections at most, shared by all threads. ``backoff``:
-    urllib3's back-off factor in seconds.
+    ``timeout``: seconds to wait for each read, and the window of the low-speed limit: a body that brings
+    fewer than ``min_rate`` bytes per second on average over ``timeout`` seconds is abandoned (a trickle).
+    ``connect_timeout``: seconds to wait for a connection (at most ``timeout``). ``retries``: retries of one
+    request (429/5xx, cut bodies); ``connect_retries``: of a connection that failed (refused, dropped).
+    ``pool_size``: connections at most, shared by all threads. ``backoff``: urllib3's back-off factor in
+    seconds. ``max_answer_bytes``: the largest metadata answer accepted (bytes; instances have no limit).
     """
 
     timeout: float = 30.0
+    connect_timeout: float = 5.0
     retries: int = 5
+    connect_retries: int = 1
     pool_size: int = 16
     backoff: float = 0.5
+    min_rate: int = 4096
+    max_answer_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ConfigError(f"the timeout must be positive, not {self.timeout}")
-        if self.retries < 0:
-            raise ConfigError(f"retries must be 0 or more, not {self.retries}")
+        if self.retries < 0 or self.connect_retries < 0:
+            raise ConfigError(f"retries must be 0 or more, not {min(self.retries, self.connect_retries)}")
+        if self.connect_timeout <= 0:
+            raise ConfigError(f"the connect timeout must be positive, not {self.connect_timeout}")
         if self.pool_size < 1:
             raise ConfigError(f"the connection pool needs at least 1 connection, not {self.pool_size}")
 

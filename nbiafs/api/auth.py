@@ -133,7 +133,7 @@ class TokenManager:
         password: str,
         *,
         logout_url: str | None = None,
-        client_id: str = "NBIA",
+        client_id: str = "nbia",
         timeout: float | tuple[float, float] = 30.0,
         refresh_fraction: float = 0.65,
         background: bool = True,

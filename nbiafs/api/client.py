@@ -129,6 +129,17 @@ class NbiaClient:
         if self._http.tokens is not None:
             self._http.tokens.token()
 
+    def renew_token(self) -> bool:
+        """Get a new token now, because an answer looked like a dead token's (production answers most list
+        requests made with an expired or invalid token with 200 and no rows). Returns False when the profile
+        has no token (anonymous or API key), True once a new one is in use. Raises AuthenticationError,
+        UnavailableError, ServerError."""
+        tokens = self._http.tokens
+        if tokens is None:
+            return False
+        tokens.renew(tokens.token())
+        return True
+
     def close(self) -> None:
         """Stop the token refresher, log out and close the connection pool. Idempotent."""
         self._http.close()
@@ -278,7 +289,8 @@ class NbiaClient:
     # --- changes since a date -------------------------------------------------------------------------------
 
     def new_patients(self, collection: str, since: dt.date) -> list[Patient]:
-        """Patients of ``collection`` with series released since ``since`` (NewPatientsInCollection)."""
+        """Patients of ``collection`` with series released since ``since`` (NewPatientsInCollection; v1/v2:
+        released after the start of that day, v4: on or after it)."""
         params = self._params(Collection=collection, **self.dialect.new_since.param(since))
         return parse_all(self._rows("NewPatientsInCollection", params), parse_patient)
 
@@ -303,9 +315,21 @@ class NbiaClient:
         return studies
 
     def updated_series(self, since: dt.date) -> list[Series]:
-        """Series released or updated since ``since`` (getUpdatedSeries)."""
+        """Series released after ``since`` (getUpdatedSeries; compared with the release date).
+
+        Raises BadResponseError when a row was released before ``since``: the server misread the date.
+        """
         params = self._params(**self.dialect.updated_since.param(since))
-        return parse_all(self._rows("getUpdatedSeries", params), parse_series)
+        found = parse_all(self._rows("getUpdatedSeries", params), parse_series)
+        start = dt.datetime.combine(since, dt.time())
+        for series in found:
+            released = series.date_released
+            if released is not None and released.replace(tzinfo=None) < start:
+                raise BadResponseError(
+                    f"getUpdatedSeries since {since} answered with series {series.series_instance_uid} released "
+                    f"{released:%Y-%m-%d}: the server misread the date"
+                )
+        return found
 
     def endpoint_metadata(self, endpoint: str) -> dict[str, Any]:
         """The v3 ``<endpoint>/metadata`` description. Raises ConfigError on other versions."""

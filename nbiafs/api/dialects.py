@@ -49,8 +49,11 @@ class Dialect:
     new_studies_by_patient: bool = True
 
 
+# Each version parses its own format and answers any other silently wrong (facts §4): v1/v2 leniently
+# (Java SimpleDateFormat: a misread date or no rows), v4 with STR_TO_DATE (no rows).
 _V1_V2_NEW = DateParam("Date", "%Y/%m/%d")
-_V1_V2_UPDATED = DateParam("fromDate", "%m/%d/%Y")
+_V1_V2_UPDATED = DateParam("fromDate", "%d/%m/%Y")
+_V4_DATE = DateParam("fromDate", "%m-%d-%Y")
 
 DIALECTS: Mapping[str, Dialect] = MappingProxyType(
     {
@@ -69,8 +72,8 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType(
         ),
         "v4": Dialect(
             "v4",
-            new_since=DateParam("fromDate", "%Y/%m/%d"),
-            updated_since=DateParam("fromDate", "%m/%d/%Y"),
+            new_since=_V4_DATE,
+            updated_since=_V4_DATE,
             series_metadata_post=True,
         ),
     }

@@ -2,8 +2,15 @@
 
 One ``requests.Session`` with a bounded urllib3 pool (``pool_block=True``: at most ``pool_size`` connections,
 extra threads wait) and urllib3 ``Retry`` (429/500/502/503/504 and connection errors, exponential back-off,
-``Retry-After`` respected). Every request has a (connect, read) timeout. Bodies cut mid-way are fetched again
-within the same retry budget. Every failure is raised as a :mod:`nbiafs.errors` type. Thread-safe.
+``Retry-After`` respected). Bodies cut mid-way are fetched again within the same retry budget. Every failure is
+raised as a :mod:`nbiafs.errors` type. Thread-safe.
+
+Deadlines (:class:`~nbiafs.settings.ClientSettings`): a connection within ``connect_timeout`` (retried
+``connect_retries`` times), each read within ``timeout``, and the whole body at no less than ``min_rate``
+bytes per second on average over every ``timeout`` seconds (curl's low-speed limit), so a server that trickles
+a body (one byte every few seconds, which no read timeout catches) fails within about ``timeout`` seconds.
+Bodies are read with ``read1`` (whatever one ``recv`` brings) so that the check runs between reads.
+Metadata answers larger than ``max_answer_bytes`` are refused.
 
 It knows nothing of endpoints: :mod:`nbiafs.api.client` names them, :mod:`nbiafs.api.dialects` says how each
 API version spells them.
@@ -15,6 +22,7 @@ import http.client
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import IO, Any, TypeVar
@@ -29,6 +37,7 @@ from nbiafs.api.rows import describe_body
 from nbiafs.errors import (
     AccessDeniedError,
     BadRequestError,
+    BadResponseError,
     NbiaError,
     NotFoundError,
     RequestTimeoutError,
@@ -139,6 +148,31 @@ class _BodyCutError(Exception):
     """A body ended early, stalled, or did not match its Content-Length; worth fetching again."""
 
 
+class _SpeedGuard:
+    """The low-speed limit: raises RequestTimeoutError when fewer than ``min_rate`` bytes per second arrived
+    on average over a window of ``window`` seconds. Monotonic time."""
+
+    def __init__(self, what: str, window: float, min_rate: int) -> None:
+        self._what = what
+        self._window = window
+        self._min_rate = min_rate
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def add(self, count: int) -> None:
+        self._bytes += count
+        now = time.monotonic()
+        elapsed = now - self._start
+        if elapsed < self._window:
+            return
+        if self._bytes < self._min_rate * elapsed:
+            raise RequestTimeoutError(
+                f"{self._what}: the body came at {self._bytes / elapsed:.0f} B/s for {elapsed:.0f} s "
+                f"(the limit is {self._min_rate} B/s): abandoned"
+            )
+        self._start, self._bytes = now, 0
+
+
 class Transport:
     """HTTP to one server with ``settings`` (timeouts, retries, pool size, back-off).
 
@@ -157,14 +191,14 @@ class Transport:
         self.settings = settings
         self.timeout = settings.timeout
         self.retries = settings.retries
-        self.timeouts = (settings.timeout, settings.timeout)
+        self.timeouts = (min(settings.connect_timeout, settings.timeout), settings.timeout)
         self.tokens: TokenManager | None = None
         self._headers = dict(headers or {})
         self._closed = False
         self._close_lock = threading.Lock()
         retry = _Retry(
-            total=self.retries,
-            connect=self.retries,
+            total=self.retries + settings.connect_retries,
+            connect=settings.connect_retries,
             # A read timeout is retried once only: a stalled server must fail within ~2 x timeout, not 6 x.
             read=min(self.retries, 1),
             status=self.retries,
@@ -319,6 +353,17 @@ class Transport:
         finally:
             resp.close()
 
+    def _body(self, resp: requests.Response, what: str) -> Iterator[bytes]:
+        """The body of ``resp`` in pieces as they arrive (decoded), under the low-speed limit."""
+        guard = _SpeedGuard(what, self.timeout, self.settings.min_rate)
+        raw = resp.raw
+        while True:
+            data = raw.read1(CHUNK, decode_content=True)
+            if not data:
+                return
+            guard.add(len(data))
+            yield data
+
     def fetch(
         self,
         url: str,
@@ -333,7 +378,18 @@ class Transport:
         def fetch() -> tuple[bytes, str]:
             resp = self.send(method, url, what, params=params, data=data)
             with self._reading(resp):
-                content = resp.content
+                limit = self.settings.max_answer_bytes
+                parts: list[bytes] = []
+                size = 0
+                for part in self._body(resp, what):
+                    size += len(part)
+                    if size > limit:
+                        raise BadResponseError(
+                            f"{what}: the answer is larger than {limit} bytes (max_answer_bytes); "
+                            "ask for less (a filter), or raise the limit"
+                        )
+                    parts.append(part)
+                content = b"".join(parts)
                 expected = resp.headers.get("Content-Length")
                 plain = not resp.headers.get("Content-Encoding")
                 if plain and expected and expected.isdigit() and int(expected) != len(content):
@@ -365,7 +421,7 @@ class Transport:
                 ctype = resp.headers.get("Content-Type", "")
                 expected = resp.headers.get("Content-Length")
                 first = True
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in self._body(resp, what):
                     if first:
                         check(chunk, ctype)
                         first = False

@@ -18,7 +18,7 @@ from typing import Any
 
 from nbiafs.cli.logs import add_logging_options
 from nbiafs.errors import ConfigError
-from nbiafs.server import RESTRICTED_COLLECTION, ArchiveServer, ServerConfig
+from nbiafs.server import RESTRICTED_COLLECTION, ArchiveServer, ServerConfig, ServerConfigError
 
 PASSWORD_ENV = "NBIA_SERVE_PASSWORD"
 API_KEYS_ENV = "NBIA_SERVE_API_KEYS"
@@ -45,6 +45,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cut-rate", type=float, default=0.0, metavar="F", help="fraction of downloads cut")
     p.add_argument("--token-lifetime", type=float, default=7200.0, metavar="S", help="access token lifetime")
     p.add_argument("--refresh-lifetime", type=float, default=7200.0, metavar="S", help="refresh lifetime")
+    p.add_argument(
+        "--auth-era",
+        choices=("keycloak", "spring"),
+        default="keycloak",
+        help="how authentication failures are answered: production's current Keycloak era (default; a dead "
+        "token gets 200 and no rows on list endpoints) or the older Spring era (401)",
+    )
+    p.add_argument(
+        "--series-size-form",
+        choices=("string", "integer", "float"),
+        default="string",
+        help='getSeriesSize TotalSizeInBytes as recorded live ("104504.0", the default) or as a number',
+    )
     p.add_argument("--request-log", metavar="FILE", help="append one line per request to FILE")
     p.add_argument("--user", action="append", default=[], metavar="NAME", help="an account (repeatable)")
     p.add_argument("--password-file", metavar="FILE", help="NAME:PASSWORD lines for the --user accounts")
@@ -98,6 +111,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         request_log=args.request_log,
         data_dir=args.data,
         seed=args.seed,
+        auth_era=args.auth_era,
+        series_size_form=args.series_size_form,
     )
 
 
@@ -111,14 +126,22 @@ def _write_port_file(path: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status."""
     config = build_config(args)
-    server = ArchiveServer(config, host=args.host, port=args.port)
+    try:
+        server = ArchiveServer(config, host=args.host, port=args.port)
+    except ServerConfigError as exc:
+        raise ConfigError(str(exc)) from None
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server.start()
+    try:
+        server.start()
+    except (ServerConfigError, OSError) as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
     try:
         if args.port_file:
             _write_port_file(args.port_file, server.port)

@@ -13,10 +13,10 @@ import random
 import socket
 import threading
 
-from nbiafs.errors import ConfigError
 from nbiafs.server.archive import Archive
 from nbiafs.server.auth import TokenStore
 from nbiafs.server.config import RequestRecord, ServerConfig
+from nbiafs.server.errors import ServerConfigError
 from nbiafs.server.handler import HTTPServer, ServerState
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class ArchiveServer:
     """An NBIA-compatible server on ``host:port`` (port 0 picks a free one). Also a context manager.
 
     ``config`` is live (change knobs at run time); ``archive`` is the data served; ``requests`` a snapshot of
-    every answered request. Raises ConfigError if the data directory is unusable or the address is taken.
+    every answered request. Raises ServerConfigError if the data directory is unusable or the address is
+    taken.
     """
 
     def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -80,7 +81,7 @@ class ArchiveServer:
         try:
             httpd = HTTPServer((self.host, self.port), self._state)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+            raise ServerConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
         self._httpd = httpd
         self.port = int(httpd.server_address[1])
         self._thread = threading.Thread(
@@ -117,9 +118,10 @@ class ArchiveServer:
         with self._state.lock:
             self._state.records.clear()
 
-    def revoke_tokens(self) -> None:
-        """Invalidate every access token issued so far (clients must refresh; refresh tokens stay valid)."""
-        self._state.tokens.revoke_access_tokens()
+    def revoke_tokens(self, refresh_tokens: bool = False) -> None:
+        """Invalidate every access token issued so far (clients must refresh); with ``refresh_tokens``, the
+        refresh tokens too (clients must log in again, as after a Keycloak restart)."""
+        self._state.tokens.revoke(refresh_tokens)
 
     def __enter__(self) -> ArchiveServer:
         self.start()

@@ -2,17 +2,19 @@
 
 Built either by :mod:`nbiafs.server.synthetic` (deterministic synthetic data, bytes in memory) or by
 :mod:`nbiafs.server.datadir` (a folder of real DICOM, bytes read from disk on demand). The model knows nothing
-about users: visibility is applied by :mod:`nbiafs.server.queries`.
+about users: visibility is applied by :mod:`nbiafs.server.view`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbiafs.errors import NotFoundError
+from nbiafs.server.errors import UnknownObjectError
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,10 @@ class InstanceInfo:
 
 @dataclass
 class SeriesInfo:
-    """One series and its instances (ordered by InstanceNumber). ``None`` fields are absent in answers."""
+    """One series and its instances, in database order (not InstanceNumber order, see ``ordering``).
+
+    ``None`` fields are absent in answers.
+    """
 
     series_instance_uid: str
     study_instance_uid: str
@@ -43,11 +48,14 @@ class SeriesInfo:
     manufacturer: str | None = None
     manufacturer_model_name: str | None = None
     software_versions: str | None = None
-    annotations_flag: bool = False
-    # When the series was (last) submitted: getUpdatedSeries and the "new since" queries use it.
+    annotations_flag: bool | None = None  # usually null on the live servers
+    # MaxSubmissionTimestamp / TimeStamp: when the series was last submitted.
     timestamp: dt.datetime | None = None
+    # DateReleased: every date query (New*, getUpdatedSeries) compares with it.
     date_released: dt.datetime | None = None
-    third_party_analysis: str = "NO"
+    third_party_analysis: str | None = "NO"
+    pixel_spacing: tuple[float, ...] = ()  # distinct row spacings (mm) of its instances
+    slice_thickness: tuple[float, ...] = ()  # distinct slice thicknesses (mm)
     instances: list[InstanceInfo] = field(default_factory=list)
 
     @property
@@ -93,23 +101,37 @@ class PatientInfo:
     studies: list[StudyInfo] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CollectionDescription:
+    """The advanced API's collection description (HTML) and its bookkeeping."""
+
+    description: str
+    description_id: int
+    timestamp: dt.datetime
+    user_name: str
+    license_id: int
+
+
 @dataclass
 class CollectionInfo:
-    """One collection with its license and description URI."""
+    """One collection with its license, DOI (``collection_uri``), site and optional description."""
 
     name: str
     license_name: str = "Creative Commons Attribution 4.0 International License"
     license_uri: str = "https://creativecommons.org/licenses/by/4.0/"
     collection_uri: str | None = None
     site: str | None = None
+    description: CollectionDescription | None = None
     patients: list[PatientInfo] = field(default_factory=list)
 
 
 class Archive:
     """Every collection and a way to find any object by its UID.
 
-    ``instance_bytes(sop_uid)`` gives an instance's exact bytes; ``default_carts`` are the shared lists served
-    when the config names none. Treat an Archive as read-only once built (it is shared between servers).
+    ``instance_bytes(sop_uid)`` gives an instance's exact bytes, ``instance_md5`` its MD5 (hex); ``default_carts``
+    are the shared lists served when the config names none; ``pk`` holds the internal database ids (patients by
+    ``(collection, patient_id)``, studies and series by UID) the advanced API exposes. Treat an Archive as
+    read-only once built (it is shared between servers).
     """
 
     def __init__(
@@ -125,13 +147,22 @@ class Archive:
         self.studies: dict[str, StudyInfo] = {}
         self.series_by_uid: dict[str, SeriesInfo] = {}
         self.instance_index: dict[str, tuple[SeriesInfo, InstanceInfo]] = {}
+        self.patient_by_key: dict[tuple[str, str], PatientInfo] = {}
+        self.pk: dict[object, int] = {}
+        self._md5: dict[str, str] = {}
+        self._md5_lock = threading.Lock()
         for coll in collections:
             for patient in coll.patients:
                 self.patients.append(patient)
+                key = (coll.name, patient.patient_id)
+                self.patient_by_key[key] = patient
+                self.pk[key] = 40000 + len(self.patient_by_key)
                 for study in patient.studies:
                     self.studies[study.study_instance_uid] = study
+                    self.pk[study.study_instance_uid] = 88000 + len(self.studies)
                     for series in study.series:
                         self.series_by_uid[series.series_instance_uid] = series
+                        self.pk[series.series_instance_uid] = 900 + len(self.series_by_uid)
                         for inst in series.instances:
                             self.instance_index[inst.sop_instance_uid] = (series, inst)
 
@@ -149,30 +180,43 @@ class Archive:
                 yield series, inst
 
     def series(self, series_uid: str) -> SeriesInfo:
-        """The series with this UID; raises NotFoundError."""
+        """The series with this UID; raises UnknownObjectError."""
         try:
             return self.series_by_uid[series_uid]
         except KeyError:
-            raise NotFoundError(f"no series {series_uid}", status=404) from None
+            raise UnknownObjectError(f"no series {series_uid}") from None
 
     def study(self, study_uid: str) -> StudyInfo:
-        """The study with this UID; raises NotFoundError."""
+        """The study with this UID; raises UnknownObjectError."""
         try:
             return self.studies[study_uid]
         except KeyError:
-            raise NotFoundError(f"no study {study_uid}", status=404) from None
+            raise UnknownObjectError(f"no study {study_uid}") from None
+
+    def patient_of(self, study: StudyInfo) -> PatientInfo:
+        """The patient a study belongs to."""
+        return self.patient_by_key[(study.collection, study.patient_id)]
 
     def instance(self, sop_uid: str) -> tuple[SeriesInfo, InstanceInfo]:
-        """The series and instance of this SOPInstanceUID; raises NotFoundError."""
+        """The series and instance of this SOPInstanceUID; raises UnknownObjectError."""
         try:
             return self.instance_index[sop_uid]
         except KeyError:
-            raise NotFoundError(f"no instance {sop_uid}", status=404) from None
+            raise UnknownObjectError(f"no instance {sop_uid}") from None
 
     def instance_bytes(self, sop_uid: str) -> bytes:
-        """The exact bytes of one instance (raises NotFoundError; OSError if a data-dir file vanished)."""
+        """The exact bytes of one instance (raises UnknownObjectError; OSError if a data-dir file vanished)."""
         self.instance(sop_uid)
         return self._read_instance(sop_uid)
+
+    def instance_md5(self, sop_uid: str) -> str:
+        """The MD5 (32 lowercase hex digits) of one instance's bytes, computed once."""
+        digest = self._md5.get(sop_uid)
+        if digest is None:
+            digest = hashlib.md5(self.instance_bytes(sop_uid)).hexdigest()
+            with self._md5_lock:
+                self._md5[sop_uid] = digest
+        return digest
 
     def total_bytes(self) -> int:
         return sum(inst.size for _, inst in self.iter_instances())

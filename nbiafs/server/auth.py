@@ -1,13 +1,16 @@
-"""OAuth tokens of the archive server: password grant, refresh grant, logout, revocation, API keys.
+"""The archive server's token store: issues and checks access and refresh tokens; v3 API keys.
 
-Tokens are random (``secrets``), kept only in memory and never logged. Lifetimes come from the live
-``ServerConfig`` at the moment a token is issued (seconds, measured with ``time.monotonic``).
-The answer is Keycloak-shaped, as the live server's (see the facts file).
+Keycloak-era tokens are JWT-shaped (HS256 over a per-server secret), Spring-era ones UUIDs. Tokens live
+only in memory and are never logged. Lifetimes come from the live ``ServerConfig`` when a token is issued
+and are measured by the wall clock, as the real servers do.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -15,121 +18,136 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from nbiafs.errors import AuthenticationError
 from nbiafs.server.config import GUEST_USER, ServerConfig
 
-# Client ids the live token endpoint has accepted over the years (case-insensitive).
-CLIENT_IDS = frozenset({"nbia", "nbiarestapiclient"})
+KEYCLOAK_CLIENT = "nbia"
+ISSUER = "https://keycloak.dbmi.cloud/auth/realms/TCIA"
 
 
 @dataclass
-class _Grant:
+class Grant:
+    """Who a token belongs to and until when (seconds since the epoch)."""
+
     user: str
     session: str
-    expires: float  # time.monotonic() deadline
+    expires: float
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """What a presented token is: ``valid`` (with its user), ``expired`` or ``invalid``."""
+
+    state: str
+    user: str | None = None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 class TokenStore:
-    """Issues and checks tokens for one server. Thread-safe.
-
-    Errors raised: :class:`OAuthError` (an AuthenticationError) with the OAuth error ``code``
-    (``invalid_grant``, ``invalid_client``, ``unsupported_grant_type``) and a ``description``.
-    """
+    """Every token one server has issued. Thread-safe."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._access: dict[str, _Grant] = {}
-        self._refresh: dict[str, _Grant] = {}
+        self._secret = secrets.token_bytes(32)
+        self._access: dict[str, Grant] = {}
+        self._refresh: dict[str, Grant] = {}
 
-    def grant(self, form: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        """The user and the JSON answer for a token request (form fields as sent); raises OAuthError."""
-        client_id = form.get("client_id", "")
-        if client_id.lower() not in CLIENT_IDS:
-            raise _oauth_error("invalid_client", "Invalid client or Invalid client credentials")
-        grant_type = form.get("grant_type", "")
-        if grant_type == "password":
-            user = form.get("username", "")
-            if not self._password_ok(user, form.get("password", "")):
-                raise _oauth_error("invalid_grant", "Invalid user credentials")
-            return user, self._issue(user, str(uuid.uuid4()))
-        if grant_type == "refresh_token":
-            token = form.get("refresh_token", "")
-            with self._lock:
-                old = self._refresh.get(token)
-                if old is None or old.expires <= time.monotonic():
-                    self._refresh.pop(token, None)
-                    raise _oauth_error("invalid_grant", "Token is not active")
-            return old.user, self._issue(old.user, old.session)
-        raise _oauth_error("unsupported_grant_type", "Unsupported grant_type")
+    # -- accounts ---------------------------------------------------------------------------------------
 
-    def user_for(self, access_token: str) -> str | None:
-        """The user an access token belongs to, or None if unknown, expired, revoked or logged out."""
-        with self._lock:
-            g = self._access.get(access_token)
-            if g is None:
-                return None
-            if g.expires <= time.monotonic():
-                del self._access[access_token]
-                return None
-            return g.user
-
-    def logout(self, access_token: str) -> bool:
-        """End the session of this access token (its access and refresh tokens); False if it was unknown."""
-        with self._lock:
-            g = self._access.get(access_token)
-            if g is None:
-                return False
-            self._access = {k: v for k, v in self._access.items() if v.session != g.session}
-            self._refresh = {k: v for k, v in self._refresh.items() if v.session != g.session}
-            return True
-
-    def revoke_access_tokens(self) -> None:
-        """Every access token issued so far is now invalid (refresh tokens stay valid)."""
-        with self._lock:
-            self._access.clear()
-
-    def _password_ok(self, user: str, password: str) -> bool:
+    def password_ok(self, user: str, password: str, guest_any_password: bool) -> bool:
+        """Whether ``password`` is ``user``'s (the guest's is empty, or anything in the Keycloak era)."""
         if user == GUEST_USER:
-            return password == ""
+            return guest_any_password or password == ""
         expected = self.config.users.get(user)
-        if expected is None:
-            return False
-        return hmac.compare_digest(expected.encode(), password.encode())
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
 
-    def _issue(self, user: str, session: str) -> dict[str, Any]:
-        now = time.monotonic()
-        access_life = float(self.config.token_lifetime)
-        refresh_life = float(self.config.refresh_lifetime)
-        access = secrets.token_urlsafe(32)
-        refresh = secrets.token_urlsafe(48)
+    # -- issuing ----------------------------------------------------------------------------------------
+
+    def issue(
+        self, user: str, session: str | None = None, refresh_token: str | None = None
+    ) -> dict[str, str]:
+        """New tokens for ``user``: ``access``, ``refresh`` (``refresh_token`` kept if given), ``session``."""
+        now = time.time()
+        session = session or str(uuid.uuid4())
+        keycloak = self.config.auth_era == "keycloak"
+        access = self._jwt(user, session, "Bearer", now) if keycloak else str(uuid.uuid4())
+        refresh = refresh_token or (
+            self._jwt(user, session, "Refresh", now) if keycloak else str(uuid.uuid4())
+        )
         with self._lock:
-            self._access[access] = _Grant(user, session, now + access_life)
-            self._refresh[refresh] = _Grant(user, session, now + refresh_life)
-        return {
-            "access_token": access,
-            "expires_in": int(access_life),
-            "refresh_expires_in": int(refresh_life),
-            "refresh_token": refresh,
-            "token_type": "Bearer",
-            "id_token": secrets.token_urlsafe(32),
-            "not-before-policy": 0,
+            self._access[access] = Grant(user, session, now + float(self.config.token_lifetime))
+            if refresh_token is None:
+                self._refresh[refresh] = Grant(user, session, now + float(self.config.refresh_lifetime))
+        return {"access": access, "refresh": refresh, "session": session}
+
+    def id_token(self, user: str, session: str) -> str:
+        return self._jwt(user, session, "ID", time.time())
+
+    def _jwt(self, user: str, session: str, kind: str, now: float) -> str:
+        header = {"alg": "HS256", "typ": "JWT", "kid": "nbiafs"}
+        life = self.config.refresh_lifetime if kind == "Refresh" else self.config.token_lifetime
+        claims: dict[str, Any] = {
+            "exp": int(now + float(life)),
+            "iat": int(now),
+            "jti": str(uuid.uuid4()),
+            "iss": ISSUER,
+            "aud": "account",
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"nbiafs-user/{user}")),
+            "typ": kind,
+            "azp": KEYCLOAK_CLIENT,
             "session_state": session,
             "scope": "openid profile email",
+            "preferred_username": user,
         }
+        signing = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
+        signature = hmac.new(self._secret, signing.encode(), hashlib.sha256).digest()
+        return signing + "." + _b64(signature)
 
+    # -- checking ---------------------------------------------------------------------------------------
 
-class OAuthError(AuthenticationError):
-    """A refused token request: ``code`` is the OAuth error code, ``description`` the text sent with it."""
+    def check(self, access_token: str) -> TokenState:
+        """The state of an access token; an expired one is forgotten once reported (as Spring does)."""
+        with self._lock:
+            grant = self._access.get(access_token)
+            if grant is None:
+                return TokenState("invalid")
+            if grant.expires <= time.time():
+                del self._access[access_token]
+                return TokenState("expired")
+            return TokenState("valid", grant.user)
 
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(f"{code}: {description}")
-        self.code = code
-        self.description = description
+    def user_for(self, access_token: str) -> str | None:
+        """The user of a valid access token, else None."""
+        return self.check(access_token).user
 
+    def refresh_grant(self, refresh_token: str) -> tuple[str, Grant | None]:
+        """``("valid", grant)``, ``("expired", None)`` or ``("invalid", None)`` for a refresh token."""
+        with self._lock:
+            grant = self._refresh.get(refresh_token)
+            if grant is None:
+                return "invalid", None
+            if grant.expires <= time.time():
+                del self._refresh[refresh_token]
+                return "expired", None
+            return "valid", grant
 
-def _oauth_error(code: str, description: str) -> OAuthError:
-    return OAuthError(code, description)
+    # -- ending -----------------------------------------------------------------------------------------
+
+    def forget_access(self, access_token: str) -> str | None:
+        """Remove one access token (Spring logout: its refresh token keeps working); its user or None."""
+        with self._lock:
+            grant = self._access.pop(access_token, None)
+        return None if grant is None else grant.user
+
+    def revoke(self, refresh_tokens: bool = False) -> None:
+        """Invalidate every access token issued so far, and every refresh token if asked."""
+        with self._lock:
+            self._access.clear()
+            if refresh_tokens:
+                self._refresh.clear()
 
 
 def api_key_ok(config: ServerConfig, key: str | None) -> bool:

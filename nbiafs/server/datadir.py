@@ -17,7 +17,6 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from nbiafs.errors import ConfigError
 from nbiafs.server.archive import (
     Archive,
     CollectionInfo,
@@ -27,6 +26,8 @@ from nbiafs.server.archive import (
     StudyInfo,
     read_files,
 )
+from nbiafs.server.errors import ServerConfigError
+from nbiafs.server.ordering import database_order
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,23 @@ def _date(value: str | None) -> dt.datetime | None:
         return None
 
 
+def _floats(ds: Any, keyword: str, first_only: bool) -> tuple[float, ...]:
+    """The numbers of a (multi-valued) numeric element; ``()`` if absent or not numbers."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return ()
+    values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return ()
+    return numbers[:1] if first_only else numbers
+
+
+def _add(values: tuple[float, ...], new: tuple[float, ...]) -> tuple[float, ...]:
+    return values + tuple(v for v in new if v not in values)
+
+
 def _collection_of(ds: Any, path: Path, root: Path) -> str:
     elem = ds.get(COLLECTION_TAG)
     if elem is not None and str(elem.value).strip():
@@ -66,10 +84,10 @@ def _collection_of(ds: Any, path: Path, root: Path) -> str:
 
 
 def index_data_dir(directory: str | os.PathLike[str]) -> Archive:
-    """The archive of every DICOM file under ``directory``; raises ConfigError if there is none."""
+    """The archive of every DICOM file under ``directory``; raises ServerConfigError if there is none."""
     root = Path(directory).resolve()
     if not root.is_dir():
-        raise ConfigError(f"data directory {root} does not exist")
+        raise ServerConfigError(f"data directory {root} does not exist")
     collections: dict[str, CollectionInfo] = {}
     patients: dict[tuple[str, str], PatientInfo] = {}
     studies: dict[str, StudyInfo] = {}
@@ -142,6 +160,8 @@ def index_data_dir(directory: str | os.PathLike[str]) -> Archive:
                 study.series.append(series)
             elif series.timestamp is None or mtime > series.timestamp:
                 series.timestamp = series.date_released = mtime
+            series.pixel_spacing = _add(series.pixel_spacing, _floats(ds, "PixelSpacing", True))
+            series.slice_thickness = _add(series.slice_thickness, _floats(ds, "SliceThickness", False))
             series.instances.append(
                 InstanceInfo(
                     sop_instance_uid=sop_uid,
@@ -153,8 +173,8 @@ def index_data_dir(directory: str | os.PathLike[str]) -> Archive:
             )
             paths[sop_uid] = path
     if not paths:
-        raise ConfigError(f"no DICOM files found under {root}")
+        raise ServerConfigError(f"no DICOM files found under {root}")
     for series in series_map.values():
-        series.instances.sort(key=lambda i: (i.instance_number, i.sop_instance_uid))
+        series.instances = database_order(series.instances)
     log.info("indexed %d instances in %d series under %s", len(paths), len(series_map), root)
     return Archive(list(collections.values()), read_files(paths))

@@ -1,28 +1,17 @@
-"""The HTTP layer: routing, authentication, parameter checks, fault knobs, images and streamed ZIPs.
+"""The HTTP layer: parsing, routing, checks in the live servers' order, fault knobs, and writing answers.
 
-URL layout (see docs/architecture.md): ``/nbia-api/services/v1|v2|v4/<Endpoint>``, ``/nbia-api/oauth/token``,
-``/nbia-api/logout``, ``/services/v3/TCIA/query/<Endpoint>[/metadata]``,
-``/services/v3/SharedList/query/ContentsByName``.
-
-Status codes, as on the live server where known:
-
-- 400 plain text labelled ``application/json``: a missing required parameter, an unknown parameter (v4 only),
-  a malformed date; and ``The user has not been granted the access ...`` for an image of a series the user may
-  not see (or that does not exist).
-- 401 JSON ``{"error": "invalid_token", ...}``: v2 without a valid bearer token; the token endpoint's refusals
-  (``invalid_grant``, ``invalid_client``); v3 without a valid api_key (``{"error": "invalid_api_key", ...}``,
-  our choice: the v3 gateway's real answer is not documented).
-- 404 plain text: an unknown path or endpoint, or a SOPInstanceUID that is not in the series.
-- 405: wrong method (the token endpoint and v4 getSeriesMetadata are POST).
-- 500 plain text: an unknown ``format``.
-- 503 / 429 (``Retry-After: 1``): injected at ``error_rate_503`` / ``error_rate_429`` on API endpoints.
+Every answer carries ``Server: nginx`` and a status line without a reason phrase. HEAD is GET without the
+body; OPTIONS answers 200 with ``Allow``; an unknown path is Tomcat's 404 page, a wrong method its 405.
+An API request goes through, in order: injected faults (503/429), the Spring-era filter, v4's check of
+parameter names, then (images and the advanced API) the caller before the required parameters, or (lists)
+the required parameters before the caller, and finally the endpoint itself (see the facts file, §1-§3).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
+import email.utils
 import json
 import logging
 import random
@@ -30,25 +19,32 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from nbiafs.errors import BadRequestError
-from nbiafs.server.archive import Archive, SeriesInfo
-from nbiafs.server.auth import OAuthError, TokenStore, api_key_ok
+from nbiafs.server import advanced, downloads, oauth, queries
+from nbiafs.server.archive import Archive
+from nbiafs.server.auth import TokenStore, api_key_ok
 from nbiafs.server.config import RequestRecord, ServerConfig
-from nbiafs.server.endpoints import SHARED_LIST, TABLES, Endpoint, endpoint_metadata
-from nbiafs.server.formats import UnknownFormatError, render
-from nbiafs.server.queries import View, query
+from nbiafs.server.downloads import ZipPlan
+from nbiafs.server.endpoints import Endpoint
+from nbiafs.server.guard import SPRING_GUARDED, Caller, identify
+from nbiafs.server.replies import JSON, TEXT, XML, Reply, bad_request, text, tomcat_error
+from nbiafs.server.routes import Route, resolve
 from nbiafs.server.transport import BodyWriter, ChunkedWriter, ConnectionAbortError
+from nbiafs.server.v3meta import endpoint_metadata
+from nbiafs.server.view import View
 
 log = logging.getLogger(__name__)
 
-NOT_GRANTED = "The user has not been granted the access to the image, please contact the administrator."
-TEXT_AS_JSON = "application/json"  # the live server labels its plain-text 400 answers so
+Params = dict[str, list[str]]
+SECRET_PARAMS = ("api_key", "access_token")  # never recorded
+# What an untyped JAX-RS answer (v4's parameter-name 400) is labelled with, per kind of endpoint.
+_PRODUCES = {"rows": XML, "zip": "application/octet-stream", "image": "application/dicom", "md5": TEXT}
 
 
 @dataclass
@@ -63,6 +59,7 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     records: list[RequestRecord] = field(default_factory=list)
     connections: set[socket.socket] = field(default_factory=set)
+    md5_cache: dict[str, str] = field(default_factory=dict)  # getMD5Hierarchy's collection hashes
 
     def roll(self, rate: float) -> bool:
         """True with probability ``rate`` (seeded, so a run of requests is reproducible)."""
@@ -102,33 +99,30 @@ class HTTPServer(ThreadingHTTPServer):
         log.debug("error while serving %s", client_address, exc_info=True)
 
 
-class _ReplyError(Exception):
-    """Answer now with this status and body (raised from deep inside a handler)."""
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes | str,
-        content_type: str = "text/plain; charset=UTF-8",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body.encode("utf-8") if isinstance(body, str) else body
-        self.content_type = content_type
-        self.headers = headers or {}
+def _multi(pairs: list[tuple[str, str]]) -> Params:
+    params: Params = {}
+    for key, value in pairs:
+        params.setdefault(key, []).append(value)
+    return params
 
 
-def _json_error(status: int, error: str, description: str) -> _ReplyError:
-    body = json.dumps({"error": error, "error_description": description})
-    return _ReplyError(status, body, "application/json")
+def _first(params: Mapping[str, list[str]]) -> dict[str, str]:
+    return {k: v[0] for k, v in params.items() if v}
+
+
+def _allow(route: Route, era: str) -> str:
+    if route.kind == "token":
+        return "POST,OPTIONS" if era == "keycloak" else "HEAD,GET,POST,OPTIONS"
+    if route.kind == "logout":
+        return "POST,OPTIONS" if era == "keycloak" else "HEAD,GET,OPTIONS"
+    assert route.endpoint is not None
+    return "POST,OPTIONS" if route.endpoint.method == "POST" else "HEAD,GET,OPTIONS"
 
 
 class RequestHandler(BaseHTTPRequestHandler):
     """One connection; HTTP/1.1 keep-alive (every answer has a Content-Length or is chunked)."""
 
     protocol_version = "HTTP/1.1"
-    server_version = "nbiafs-archive/0.1"
     timeout = 300  # seconds an idle keep-alive connection is kept
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server: HTTPServer
@@ -156,11 +150,36 @@ class RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
+    def version_string(self) -> str:
+        return "nginx"
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """The status line without a reason phrase (``HTTP/1.1 200 ``), then Server and Date."""
+        self.log_request(code)
+        self._headers_buffer = [f"{self.protocol_version} {code} \r\n".encode("latin-1")]
+        self.send_header("Server", self.version_string())
+        self.send_header("Date", email.utils.formatdate(usegmt=True))
+
     def do_GET(self) -> None:
         self._handle("GET")
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._handle("OPTIONS")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
 
     def _handle(self, method: str) -> None:
         self._arrived = time.time()
@@ -171,16 +190,21 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._endpoint = ""
         self._recorded = False
         url = urlsplit(self.path)
-        query = urlencode([(k, v) for k, v in parse_qsl(url.query, keep_blank_values=True) if k != "api_key"])
+        pairs = parse_qsl(url.query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if k not in SECRET_PARAMS])
         self._logged_path = url.path + (f"?{query}" if query else "")
         try:
             form = self._read_form()
             if not self._pause(self.state.config.latency + self.state.config.stall):
                 raise ConnectionAbortError("server stopping")
-            try:
-                self._route(method, url.path, dict(parse_qsl(url.query, keep_blank_values=True)), form)
-            except _ReplyError as reply:
-                self._send(reply.status, reply.body, reply.content_type, reply.headers)
+            result = self._dispatch(method, url.path, _multi(pairs), form)
+            if isinstance(result, ZipPlan):
+                self._stream_zip(result)
+            else:
+                cut = None
+                if self._endpoint == "getSingleImage" and result.status == 200:
+                    cut = len(result.body) // 2 if self.state.roll(self.state.config.cut_rate) else None
+                self._send(result, cut)
         except ConnectionAbortError as exc:
             log.debug("closing connection: %s", exc)
             self._drop()
@@ -191,7 +215,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             log.exception("error while answering %s %s", method, url.path)
             if self._status == 0:
                 with contextlib.suppress(OSError):
-                    self._send(500, b"Internal Server Error", "text/plain; charset=UTF-8")
+                    self._send(text(500, "Internal Server Error"))
             else:  # part of an answer went out already: the connection is unusable
                 self._drop()
         finally:
@@ -208,12 +232,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             )
         )
 
-    def _read_form(self) -> dict[str, str]:
+    def _read_form(self) -> Params:
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 0:
             return {}
         data = self.rfile.read(length)
-        return dict(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
+        if "x-www-form-urlencoded" not in (
+            self.headers.get("Content-Type") or "application/x-www-form-urlencoded"
+        ):
+            return {}
+        return _multi(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
 
     def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds``; False if the server is stopping."""
@@ -231,27 +259,26 @@ class RequestHandler(BaseHTTPRequestHandler):
         out: Any = self.wfile  # a socket writer: write() only
         return BodyWriter(out, self.state.stop, self.state.config.bandwidth, cut_after)
 
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str] | None = None,
-        cut_after: int | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
+    def _send(self, reply: Reply, cut_after: int | None = None) -> None:
+        """Write ``reply`` (headers only for HEAD); ``cut_after`` bytes, then drop, if set."""
+        body = reply.body
+        self.send_response(reply.status)
+        if reply.content_type is not None:
+            self.send_header("Content-Type", reply.content_type)
+        if reply.status not in (204, 304):
+            self.send_header("Content-Length", str(len(body)))
+        for key, value in reply.headers.items():
             self.send_header(key, value)
-        self._status = status
-        if not body:
+        self._status = reply.status
+        if not body or self._method == "HEAD":
             self._record(0)
+            self.end_headers()
+            return
         self.end_headers()
         writer = self._body_writer(cut_after)
         try:
             writer.write(body[:-1])
-            if cut_after is None and body:
+            if cut_after is None:
                 self._record(len(body))
             writer.write(body[-1:])
         finally:
@@ -259,189 +286,124 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- routing -------------------------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, params: dict[str, str], form: dict[str, str]) -> None:
-        parts = [p for p in path.split("/") if p]
-        if parts[:2] == ["nbia-api", "oauth"] and parts[2:] == ["token"]:
-            self._endpoint = "oauth/token"
-            self._token(method, form)
-        elif parts == ["nbia-api", "logout"]:
-            self._endpoint = "logout"
-            self._logout()
-        elif len(parts) == 4 and parts[:2] == ["nbia-api", "services"] and parts[2] in ("v1", "v2", "v4"):
-            self._api(method, parts[2], TABLES[parts[2]].get(parts[3]), parts[3], False, params, form)
-        elif len(parts) in (5, 6) and parts[:4] == ["services", "v3", "TCIA", "query"]:
-            meta = len(parts) == 6 and parts[5] == "metadata"
-            if len(parts) == 6 and not meta:
-                raise _ReplyError(404, f"Not found: {path}")
-            self._api(method, "v3", TABLES["v3"].get(parts[4]), parts[4], meta, params, form)
-        elif len(parts) in (5, 6) and parts[:4] == ["services", "v3", "SharedList", "query"]:
-            meta = len(parts) == 6 and parts[5] == "metadata"
-            ep = SHARED_LIST if parts[4] == SHARED_LIST.url_name and (len(parts) == 5 or meta) else None
-            self._api(method, "v3", ep, parts[4], meta, params, form)
-        else:
-            raise _ReplyError(404, f"Not found: {path}")
-
-    # -- OAuth -----------------------------------------------------------------------------------------------
-
-    def _bearer(self) -> str | None:
-        value = self.headers.get("Authorization", "")
-        scheme, _, token = value.strip().partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-    def _token(self, method: str, form: dict[str, str]) -> None:
-        if method != "POST":
-            raise _ReplyError(405, "Method Not Allowed", headers={"Allow": "POST"})
-        try:
-            user, answer = self.state.tokens.grant(form)
-        except OAuthError as exc:
-            self._user = form.get("username", "")
-            status = 400 if exc.code == "unsupported_grant_type" else 401
-            raise _json_error(status, exc.code, exc.description) from None
-        self._user = user
-        raise _ReplyError(200, json.dumps(answer), "application/json", {"Cache-Control": "no-store"})
-
-    def _logout(self) -> None:
-        token = self._bearer()
-        if token is None:
-            raise _json_error(401, "invalid_token", "Full authentication is required to access this resource")
-        self._user = self.state.tokens.user_for(token) or ""
-        self.state.tokens.logout(token)
-        raise _ReplyError(200, b"", "text/plain")
-
-    # -- the API ---------------------------------------------------------------------------------------------
-
-    def _api(
-        self,
-        method: str,
-        flavour: str,
-        ep: Endpoint | None,
-        name: str,
-        meta: bool,
-        params: dict[str, str],
-        form: dict[str, str],
-    ) -> None:
-        self._endpoint = name
-        if ep is None:
-            raise _ReplyError(404, f"Unknown endpoint: {name}")
+    def _dispatch(self, method: str, path: str, query: Params, form: Params) -> Reply | ZipPlan:
+        route = resolve(path)
+        if route is None:
+            return tomcat_error(404)
+        self._endpoint = route.name
+        era = self.state.config.auth_era
+        allow = _allow(route, era)
+        if method == "OPTIONS":
+            return Reply(200, headers={"Allow": allow})
+        if method not in allow.split(","):
+            return tomcat_error(405, allow)
+        verb = "GET" if method == "HEAD" else method
+        headers = {
+            name: value for name in ("Authorization",) if (value := self.headers.get(name)) is not None
+        }
+        if route.kind == "token":
+            merged = {**query, **form} if era == "spring" else form
+            reply, self._user = oauth.token(era, verb, self.state.tokens, _first(merged), headers)
+            return reply
+        if route.kind == "logout":
+            reply, self._user = oauth.logout(era, verb, self.state.tokens, headers, query)
+            return reply
+        endpoint = route.endpoint
+        assert endpoint is not None
         cfg = self.state.config
         if self.state.roll(cfg.error_rate_503):
-            raise _ReplyError(503, "Service Unavailable")
+            return text(503, "Service Unavailable")
         if self.state.roll(cfg.error_rate_429):
-            raise _ReplyError(429, "Too Many Requests", headers={"Retry-After": "1"})
-        user: str | None = None
-        if flavour == "v2":
-            token = self._bearer()
-            user = self.state.tokens.user_for(token) if token else None
-            if user is None:
-                raise _json_error(401, "invalid_token", "Invalid, expired or missing access token")
-            self._user = user
-        elif flavour == "v3":
-            key = self.headers.get("api_key") or params.get("api_key")
+            return Reply(429, b"Too Many Requests", TEXT, {"Retry-After": "1"})
+        if endpoint.prefix == "v3":
+            key = self.headers.get("api_key") or _first(query).get("api_key")
             if not api_key_ok(cfg, key):
-                raise _json_error(
-                    401, "invalid_api_key", "A valid api_key header or query parameter is required"
-                )
-        if meta:
-            raise _ReplyError(200, json.dumps(endpoint_metadata(ep)), "application/json")
-        if method != ep.method:
-            raise _ReplyError(405, "Method Not Allowed", headers={"Allow": ep.method})
-        args = {**params, **form}
-        args.pop("api_key", None)
-        fmt = args.pop("format", None) if ep.accepts_format else None
-        if flavour == "v4":
-            unknown = sorted(k for k in args if k not in ep.params)
-            if unknown:
-                raise _ReplyError(400, f"Unknown query parameter(s): {', '.join(unknown)}", TEXT_AS_JSON)
-        args = {ep.renames.get(k, k): v for k, v in args.items() if k in ep.params and v != ""}
-        for required in ep.required:
-            if ep.renames.get(required, required) not in args:
-                raise _ReplyError(400, f"A parameter, {required}, is required.", TEXT_AS_JSON)
-        view = View(self.state.archive, cfg, user)
-        if ep.kind == "rows":
-            self._rows(view, ep, flavour, args, fmt or ep.default_format)
-        elif ep.kind == "image":
-            self._single_image(view, args)
-        else:
-            self._zip(view, args, md5=ep.kind == "zip-md5")
+                description = "A valid api_key header or query parameter is required"
+                body = {"error": "invalid_api_key", "error_description": description}
+                return text(401, json.dumps(body), JSON)
+            if route.kind == "metadata":
+                return text(200, json.dumps(endpoint_metadata(endpoint)), JSON)
+        params = {**query, **form} if endpoint.method == "POST" else query
+        return self._api(endpoint, params, headers)
 
-    def _rows(self, view: View, ep: Endpoint, flavour: str, args: dict[str, str], fmt: str) -> None:
-        try:
-            rows = query(view, ep.name, args, flavour)
-            body, content_type = render(rows, fmt, ep.url_name)
-        except UnknownFormatError:
-            raise _ReplyError(500, f"Unsupported format: {fmt}") from None
-        except BadRequestError as exc:
-            raise _ReplyError(400, exc.message, TEXT_AS_JSON) from None
-        raise _ReplyError(200, body, content_type)
+    def _api(self, endpoint: Endpoint, params: Params, headers: Mapping[str, str]) -> Reply | ZipPlan:
+        cfg = self.state.config
+        caller: Caller | Reply | None = None
+        if cfg.auth_era == "spring" and endpoint.guard in SPRING_GUARDED:
+            caller = self._identify(endpoint, headers, params)  # the filter runs before the endpoint
+        if endpoint.strict:
+            for name in params:
+                if name not in endpoint.params:
+                    kind = "form" if endpoint.method == "POST" else "query"
+                    allowed = ", ".join(endpoint.params)
+                    sentence = f"Invalid {kind} parameter: '{name}'. Allowed parameters are: [{allowed}]"
+                    return bad_request(sentence, _PRODUCES.get(endpoint.kind, JSON))
+        known = params if endpoint.open_form else {k: v for k, v in params.items() if k in endpoint.params}
+        if caller is None and endpoint.auth_first:
+            caller = self._identify(endpoint, headers, params)
+        if isinstance(caller, Reply):
+            return caller
+        if any(name not in known for name in endpoint.required):
+            return bad_request(endpoint.required_text)
+        if caller is None:
+            caller = self._identify(endpoint, headers, params)
+            if isinstance(caller, Reply):
+                return caller
+        self._user = caller.name
+        view = View(self.state.archive, cfg, caller.user)
+        if endpoint.kind == "rows":
+            return queries.answer(view, endpoint, known)
+        if endpoint.kind == "image":
+            return downloads.single_image(view, known)
+        if endpoint.kind == "zip":
+            return downloads.zip_plan(view, endpoint, known)
+        if endpoint.kind == "md5":
+            return downloads.instance_md5(view, known)
+        if endpoint.kind == "hierarchy":
+            return downloads.md5_hierarchy(view, known, self.state.md5_cache)
+        return advanced.answer(view, endpoint, known)
 
-    def _visible_series(self, view: View, series_uid: str) -> SeriesInfo:
-        series = view.one_series(series_uid)
-        if series is None:
-            raise _ReplyError(400, NOT_GRANTED, TEXT_AS_JSON)
-        return series
+    def _identify(self, endpoint: Endpoint, headers: Mapping[str, str], params: Params) -> Caller | Reply:
+        caller = identify(self.state.config.auth_era, endpoint.guard, self.state.tokens, headers, params)
+        if isinstance(caller, Caller):
+            self._user = caller.name
+        return caller
 
-    def _single_image(self, view: View, args: dict[str, str]) -> None:
-        series = self._visible_series(view, args["SeriesInstanceUID"])
-        sop_uid = args["SOPInstanceUID"]
-        if not any(i.sop_instance_uid == sop_uid for i in series.instances):
-            raise _ReplyError(404, f"No image {sop_uid} in series {series.series_instance_uid}")
-        data = view.archive.instance_bytes(sop_uid)
-        cut = len(data) // 2 if self.state.roll(self.state.config.cut_rate) else None
-        headers = {"Content-Disposition": f"attachment; filename={sop_uid}.dcm"}
-        self._send(200, data, "application/dicom", headers, cut_after=cut)
+    # -- streamed ZIPs ---------------------------------------------------------------------------------------
 
-    def _zip(self, view: View, args: dict[str, str], md5: bool) -> None:
-        """Stream the series as a ZIP (chunked, no Content-Length), one instance in memory at a time."""
-        series = self._visible_series(view, args["SeriesInstanceUID"])
-        new_names = args.get("NewFileNames", "").lower() == "yes" and not md5
-        # ZIP members are compressed, so the body's length is unknown: cut after half the members instead.
-        cut_member = max(1, series.image_count // 2) if self.state.roll(self.state.config.cut_rate) else None
+    def _stream_zip(self, plan: ZipPlan) -> None:
+        """Stream ``plan`` chunked (no Content-Length), one member in memory at a time."""
         self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Disposition", f"attachment; filename={series.series_instance_uid}.zip")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Disposition", f'attachment; filename="{plan.filename}"')
         self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
         self._status = 200
+        if self._method == "HEAD":
+            self._record(0)
+            self.end_headers()
+            return
+        self.end_headers()
+        images = sum(1 for name, _ in plan.members if name.endswith(".dcm"))
+        # Members are compressed, so the body's length is unknown: cut after half the images instead.
+        cut_member = max(1, images // 2) if self.state.roll(self.state.config.cut_rate) else None
         body = self._body_writer()
         out = ChunkedWriter(body)
-        stamp = series.timestamp or dt.datetime(2000, 1, 1)
+        stamp = plan.series.timestamp or dt.datetime(2000, 1, 1)
         date_time = (max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
-
-        def member(name: str, data: bytes) -> None:
-            info = zipfile.ZipInfo(name, date_time)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data, compresslevel=1)
-
         try:
             with zipfile.ZipFile(out, "w") as zf:
-                if not md5:
-                    member("LICENSE", self._license(view, series))
-                hashes = []
-                for index, inst in enumerate(series.instances, 1):
-                    if new_names:
-                        name = f"{inst.acquisition_number or 1}-{inst.instance_number:03d}.dcm"
-                    else:
-                        name = f"{index:08d}.dcm"
-                    data = view.archive.instance_bytes(inst.sop_instance_uid)
-                    member(name, data)
-                    if index == cut_member:
-                        out.cut()
-                    if md5:
-                        hashes.append(f"{name},{hashlib.md5(data).hexdigest()}\n")
-                if md5:
-                    member("md5hashes.csv", ("Filename,MD5Hash\n" + "".join(hashes)).encode())
+                done = 0
+                for name, read in plan.members:
+                    info = zipfile.ZipInfo(name, date_time)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = 0o644 << 16
+                    zf.writestr(info, read(), compresslevel=1)
+                    if name.endswith(".dcm"):
+                        done += 1
+                        if done == cut_member:
+                            out.cut()
             out.flush_all()
             self._record(body.sent + len(ChunkedWriter.LAST_CHUNK))
             out.close()
         finally:
             self._sent = body.sent
-
-    @staticmethod
-    def _license(view: View, series: SeriesInfo) -> bytes:
-        coll = view.archive.collections[series.collection]
-        return (
-            f"The data in this download are from the collection {coll.name}.\n"
-            f"They are licensed under the {coll.license_name}\n{coll.license_uri}\n"
-            "By downloading these data you agree to the TCIA Data Usage Policy.\n"
-        ).encode()

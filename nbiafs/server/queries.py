@@ -1,355 +1,244 @@
-"""Metadata queries: the archive, seen by one user, filtered by request parameters, as answer rows.
+"""Answers of the metadata (``rows``) endpoints: the archive seen by one caller, filtered, as tables.
 
-Rows are shaped like the live server's (see the facts file): null keys left out, ``PatientId`` on patient
-endpoints and ``PatientID`` elsewhere, numbers as numbers, ``AnnotationsFlag`` a boolean, dates as
-``"2003-12-12 00:00:00.0"``, getSeriesMetaData with spaced keys and every value a string, ``{}`` for a null
-in single-column value lists. ``Collection`` and ``PatientID`` filters ignore case; other filters are exact.
-Restricted collections the user may not see do not exist for these functions.
+Date queries compare with each series' release date, as each version reads its date (facts §4): v1/v2
+``Date=yyyy/MM/dd`` and getUpdatedSeries ``fromDate=dd/MM/yyyy``, leniently, strictly after; v4
+``fromDate=MM-dd-yyyy``, on or after for New*, strictly after for getUpdatedSeries; an unreadable date
+finds nothing. The retired v3 API reads several date forms and answers 400 for others.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from nbiafs.errors import BadRequestError
-from nbiafs.server.archive import Archive, CollectionInfo, PatientInfo, SeriesInfo, StudyInfo
-from nbiafs.server.config import ServerConfig
+from nbiafs.server import rows
+from nbiafs.server.archive import PatientInfo, SeriesInfo, StudyInfo
+from nbiafs.server.dates import V1_V2_NEW, V1_V2_UPDATED, parse_lenient, parse_v4
+from nbiafs.server.endpoints import Endpoint
+from nbiafs.server.formats import Table, render
+from nbiafs.server.ordering import database_order, value_order
+from nbiafs.server.replies import Reply, bad_request
+from nbiafs.server.view import View
 
-Row = dict[str, Any]
-Params = dict[str, str]
-
-SOP_CLASS_NAMES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
-    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-}
-
-_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%m-%d-%Y", "%Y%m%d")
+Params = Mapping[str, list[str]]
+_V3_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%m-%d-%Y", "%Y%m%d")
 
 
-def nbia_datetime(value: dt.datetime | None) -> str | None:
-    """``2003-12-12 00:00:00.0``, the live server's date format."""
-    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S") + ".0"
+@dataclass(frozen=True)
+class Query:
+    """One metadata request: who sees what, which prefix answers, and its parameters."""
+
+    view: View
+    prefix: str
+    params: Params
+
+    def get(self, name: str) -> str | None:
+        """The (first) value of parameter ``name``, None if absent."""
+        values = self.params.get(name)
+        return values[0] if values else None
+
+    @property
+    def v4(self) -> bool:
+        return self.prefix == "v4"
 
 
-def parse_date(value: str, name: str) -> dt.datetime:
-    """A request date in any form the live servers take; raises BadRequestError."""
-    for fmt in _DATE_FORMATS:
-        try:
-            return dt.datetime.strptime(value.strip(), fmt)
-        except ValueError:
-            continue
-    raise BadRequestError(f"Invalid date format for {name}: {value}", status=400)
+def answer(view: View, endpoint: Endpoint, params: Params) -> Reply:
+    """The reply of metadata endpoint ``endpoint`` to ``params``."""
+    query = Query(view, endpoint.prefix, params)
+    result = _HANDLERS[endpoint.name](query)
+    if isinstance(result, Reply):
+        return result
+    if endpoint.name == "getContentsByName":
+        return render(result, None)  # always JSON
+    fmt = query.get("format")
+    if endpoint.name == "getSeriesMetaData" and query.v4 and (fmt is None or fmt.lower() == "csv"):
+        fmt = "csv-download"
+    return render(result, fmt)
 
 
-def _compact(row: Row) -> Row:
-    return {k: v for k, v in row.items() if v is not None}
+# -- value lists -----------------------------------------------------------------------------------------
 
 
-class View:
-    """The archive as one user sees it (``user`` None = anonymous: public collections only)."""
-
-    def __init__(self, archive: Archive, config: ServerConfig, user: str | None) -> None:
-        self.archive = archive
-        self.config = config
-        self.user = user
-
-    def visible(self, collection: str) -> bool:
-        """Whether this user may see ``collection`` at all."""
-        for name, users in self.config.restricted.items():
-            if name.casefold() == collection.casefold():
-                return self.user is not None and self.user in users
-        return True
-
-    def collections(self, name: str | None = None) -> Iterator[CollectionInfo]:
-        """Visible collections, optionally only the one named (case-insensitive)."""
-        for coll in self.archive.collections.values():
-            if self.visible(coll.name) and (name is None or coll.name.casefold() == name.casefold()):
-                yield coll
-
-    def patients(self, collection: str | None = None, patient_id: str | None = None) -> Iterator[PatientInfo]:
-        for coll in self.collections(collection):
-            for p in coll.patients:
-                if patient_id is None or p.patient_id.casefold() == patient_id.casefold():
-                    yield p
-
-    def studies(
-        self, collection: str | None = None, patient_id: str | None = None, study_uid: str | None = None
-    ) -> Iterator[StudyInfo]:
-        for p in self.patients(collection, patient_id):
-            for st in p.studies:
-                if study_uid is None or st.study_instance_uid == study_uid:
-                    yield st
-
-    def series(self, params: Params) -> Iterator[SeriesInfo]:
-        """Visible series matching getSeries-style filters (absent filters match everything)."""
-        exact = {
-            "StudyInstanceUID": "study_instance_uid",
-            "Modality": "modality",
-            "SeriesInstanceUID": "series_instance_uid",
-            "BodyPartExamined": "body_part_examined",
-            "ManufacturerModelName": "manufacturer_model_name",
-            "Manufacturer": "manufacturer",
-        }
-        for st in self.studies(params.get("Collection"), params.get("PatientID")):
-            for s in st.series:
-                if all(getattr(s, attr) == params[key] for key, attr in exact.items() if key in params):
-                    yield s
-
-    def one_series(self, series_uid: str) -> SeriesInfo | None:
-        """The series if it exists and is visible, else None."""
-        s = self.archive.series_by_uid.get(series_uid)
-        return s if s is not None and self.visible(s.collection) else None
+def _values(column: str, values: Iterable[str | None]) -> Table:
+    return Table((column,), [(v,) for v in value_order(values)], single=True)
 
 
-# -- row builders ----------------------------------------------------------------------------------------
+def _collections(q: Query) -> Table:
+    return _values("Collection", (c.name for c in q.view.collections()))
 
 
-def patient_row(p: PatientInfo) -> Row:
-    return _compact(
-        {
-            "PatientId": p.patient_id,
-            "PatientName": p.patient_name,
-            "PatientBirthDate": p.patient_birth_date,
-            "PatientSex": p.patient_sex,
-            "EthnicGroup": p.ethnic_group,
-            "Collection": p.collection,
-            "Phantom": p.phantom,
-            "SpeciesCode": p.species_code,
-            "SpeciesDescription": p.species_description,
-        }
-    )
+def _modalities(q: Query) -> Table:
+    found = q.view.series({"Collection": q.get("Collection"), "BodyPartExamined": q.get("BodyPartExamined")})
+    return _values("Modality", (s.modality for s in found))
 
 
-def study_row(view: View, st: StudyInfo) -> Row:
-    p = next(x for x in view.archive.collections[st.collection].patients if x.patient_id == st.patient_id)
-    return _compact(
-        {
-            "StudyInstanceUID": st.study_instance_uid,
-            "StudyDate": nbia_datetime(st.study_date),
-            "StudyDescription": st.study_description,
-            "AdmittingDiagnosesDescription": st.admitting_diagnoses_description,
-            "StudyID": st.study_id,
-            "PatientAge": st.patient_age,
-            "PatientID": st.patient_id,
-            "PatientName": p.patient_name,
-            "PatientSex": p.patient_sex,
-            "EthnicGroup": p.ethnic_group,
-            "Collection": st.collection,
-            "SeriesCount": len(st.series),
-            "LongitudinalTemporalEventType": st.longitudinal_temporal_event_type,
-            "LongitudinalTemporalOffsetFromEvent": st.longitudinal_temporal_offset_from_event,
-        }
-    )
+def _body_parts(q: Query) -> Table:
+    found = q.view.series({"Collection": q.get("Collection"), "Modality": q.get("Modality")})
+    return _values("BodyPartExamined", (rows.upper(s.body_part_examined) for s in found))
 
 
-def series_row(view: View, s: SeriesInfo, flavour: str = "v1", short: bool = False) -> Row:
-    """A getSeries row; ``short`` gives the getUpdatedSeries/getContentsByName subset; v4 renames columns."""
-    coll = view.archive.collections[s.collection]
-    row: Row = {
-        "SeriesInstanceUID": s.series_instance_uid,
-        "StudyInstanceUID": s.study_instance_uid,
-        "Modality": s.modality,
-        "ProtocolName": s.protocol_name,
-        "SeriesDate": nbia_datetime(s.series_date),
-        "SeriesDescription": s.series_description,
-        "BodyPartExamined": s.body_part_examined,
-        "SeriesNumber": s.series_number,
-        "AnnotationsFlag": s.annotations_flag,
-        "Collection": s.collection,
-        "PatientID": s.patient_id,
-        "Manufacturer": s.manufacturer,
-        "ManufacturerModelName": s.manufacturer_model_name,
-        "SoftwareVersions": s.software_versions,
-        "ImageCount": s.image_count,
-    }
-    if short:
-        return _compact(row)
-    if flavour == "v4":
-        row["MaxSubmissionTimestamp"] = nbia_datetime(s.timestamp)
-    else:
-        row["TimeStamp"] = nbia_datetime(s.timestamp)
-    row["LicenseName"] = coll.license_name
-    row["LicenseURI"] = coll.license_uri
-    row["DataDescriptionURI" if flavour == "v4" else "CollectionURI"] = coll.collection_uri
-    row["FileSize"] = s.file_size
-    row["DateReleased"] = nbia_datetime(s.date_released)
-    if flavour == "v4":
-        row["Site"] = coll.site
-        row["ReleasedStatus"] = "Released"
-        row["Authorized"] = True
-    return _compact(row)
+def _manufacturers(q: Query) -> Table:
+    keys = ("Collection", "Modality", "BodyPartExamined")
+    found = q.view.series({k: q.get(k) for k in keys})
+    return _values("Manufacturer", (s.manufacturer for s in found))
 
 
-def series_metadata_row(view: View, s: SeriesInfo) -> Row:
-    """A getSeriesMetaData row: spaced keys, every value a string."""
-    coll = view.archive.collections[s.collection]
-    st = view.archive.studies[s.study_instance_uid]
-    sop_class = s.instances[0].sop_class_uid if s.instances else None
-    released = s.date_released.strftime("%a %b %d %H:%M:%S UTC %Y") if s.date_released else None
-    row = {
-        "Series UID": s.series_instance_uid,
-        "Collection": s.collection,
-        "3rd Party Analysis": s.third_party_analysis,
-        "Data Description URI": coll.collection_uri,
-        "Subject ID": s.patient_id,
-        "Study UID": s.study_instance_uid,
-        "Study Description": st.study_description,
-        "Study Date": st.study_date.strftime("%m-%d-%Y") if st.study_date else None,
-        "Series Description": s.series_description,
-        "Manufacturer": s.manufacturer,
-        "Modality": s.modality,
-        "SOP Class Name": SOP_CLASS_NAMES.get(sop_class or ""),
-        "SOP Class UID": sop_class,
-        "Number of Images": str(s.image_count),
-        "File Size": str(s.file_size),
-        "Series Number": f"{s.series_number:.6f}" if s.series_number is not None else None,
-        "License Name": coll.license_name,
-        "License URL": coll.license_uri,
-        "Annotation Size": "0",
-        "Date Released": released,
-    }
-    return _compact(row)
+# -- patients, studies, series ---------------------------------------------------------------------------
 
 
-def _values(values: Iterable[str | None], key: str) -> list[Row]:
-    """Distinct values as rows, ``{}`` first for a null (as the live server does), then sorted."""
-    distinct = set(values)
-    rows: list[Row] = [{}] if None in distinct else []
-    rows.extend({key: v} for v in sorted(v for v in distinct if v is not None))
-    return rows
+def _patient_table(q: Query, patients: Iterable[PatientInfo]) -> Table:
+    columns = rows.V4_PATIENT if q.v4 else rows.V1_PATIENT
+    return Table(columns, [rows.pick(rows.patient_fields(p), columns) for p in patients])
 
 
-# -- endpoints -------------------------------------------------------------------------------------------
+def _study_table(q: Query, studies: Iterable[StudyInfo]) -> Table:
+    columns = rows.V4_STUDY if q.v4 else rows.V1_STUDY
+    flavour = "v4" if q.v4 else "v1"
+    return Table(columns, [rows.pick(rows.study_fields(q.view, st, flavour), columns) for st in studies])
 
 
-def _series_where(view: View, params: Params, keys: tuple[str, ...]) -> Iterator[SeriesInfo]:
-    return view.series({k: params[k] for k in keys if k in params})
+def _series_table(q: Query, series: Iterable[SeriesInfo], columns: tuple[str, ...]) -> Table:
+    flavour = "v4" if q.v4 else "v1"
+    return Table(columns, [rows.pick(rows.series_fields(q.view, s, flavour), columns) for s in series])
 
 
-def query(view: View, name: str, params: Params, flavour: str) -> list[Row]:
-    """Rows of metadata endpoint ``name`` (canonical name, canonical parameter names).
-
-    Raises BadRequestError for a malformed parameter value (dates).
-    """
-    handler = _HANDLERS[name]
-    return handler(view, params, flavour)
+def _patients(q: Query) -> Table:
+    return _patient_table(q, q.view.patients(q.get("Collection"), q.get("PatientId")))
 
 
-def _collections(view: View, params: Params, flavour: str) -> list[Row]:
-    return [{"Collection": c.name} for c in view.collections()]
+def _patients_by_modality(q: Query) -> Table:
+    modality = (q.get("Modality") or "").casefold()
+    found = [
+        p
+        for p in q.view.patients(q.get("Collection"))
+        if any(s.modality.casefold() == modality for st in p.studies for s in st.series)
+    ]
+    columns = ("PatientId", "Authorized") if q.v4 else ("PatientId",)
+    return Table(columns, [rows.pick(rows.patient_fields(p), columns) for p in found])
 
 
-def _modalities(view: View, params: Params, flavour: str) -> list[Row]:
-    rows = _series_where(view, params, ("Collection", "BodyPartExamined"))
-    return _values((s.modality for s in rows), "Modality")
+def _patient_studies(q: Query) -> Table:
+    return _study_table(q, q.view.studies(q.get("Collection"), q.get("PatientID"), q.get("StudyInstanceUID")))
 
 
-def _body_parts(view: View, params: Params, flavour: str) -> list[Row]:
-    rows = _series_where(view, params, ("Collection", "Modality"))
-    return _values((s.body_part_examined for s in rows), "BodyPartExamined")
+def _series(q: Query) -> Table:
+    found = q.view.series({name: q.get(name) for name in q.params})
+    return _series_table(q, found, rows.V4_SERIES if q.v4 else rows.V1_SERIES)
 
 
-def _manufacturers(view: View, params: Params, flavour: str) -> list[Row]:
-    rows = _series_where(view, params, ("Collection", "Modality", "BodyPartExamined"))
-    return _values((s.manufacturer for s in rows), "Manufacturer")
+# -- one series ------------------------------------------------------------------------------------------
 
 
-def _patients(view: View, params: Params, flavour: str) -> list[Row]:
-    return [patient_row(p) for p in view.patients(params.get("Collection"), params.get("PatientId"))]
-
-
-def _patients_by_modality(view: View, params: Params, flavour: str) -> list[Row]:
-    rows: list[Row] = []
-    for p in view.patients(params["Collection"]):
-        if any(s.modality == params["Modality"] for st in p.studies for s in st.series):
-            rows.append({"PatientId": p.patient_id})
-    return rows
-
-
-def _patient_studies(view: View, params: Params, flavour: str) -> list[Row]:
-    studies = view.studies(params.get("Collection"), params.get("PatientID"), params.get("StudyInstanceUID"))
-    return [study_row(view, st) for st in studies]
-
-
-def _series(view: View, params: Params, flavour: str) -> list[Row]:
-    return [series_row(view, s, flavour) for s in view.series(params)]
-
-
-def _series_metadata(view: View, params: Params, flavour: str) -> list[Row]:
-    uids = params.get("list", params.get("SeriesInstanceUID", ""))
-    rows: list[Row] = []
-    for uid in uids.split(","):
-        s = view.one_series(uid.strip())
-        if s is not None:
-            rows.append(series_metadata_row(view, s))
-    return rows
-
-
-def _series_size(view: View, params: Params, flavour: str) -> list[Row]:
-    s = view.one_series(params["SeriesInstanceUID"])
+def _series_metadata(q: Query) -> Table | Reply:
+    if q.v4:  # POST getSeriesMetadata: ``list`` repeated and/or comma-joined
+        uids = [uid.strip() for value in q.params.get("list", []) for uid in value.split(",")]
+        found = [s for s in (q.view.one_series(uid) for uid in uids if uid) if s is not None]
+        return _series_table(q, found, rows.V4_METADATA)
+    s = q.view.one_series(q.get("SeriesInstanceUID"))
     if s is None:
-        return []
-    # The live server sends this number with a decimal point.
-    return [{"TotalSizeInBytes": float(s.file_size), "ObjectCount": s.image_count}]
+        return Reply(204)
+    return Table(rows.V1_METADATA, [rows.pick(rows.series_metadata_fields(q.view, s), rows.V1_METADATA)])
 
 
-def _sop_uids(view: View, params: Params, flavour: str) -> list[Row]:
-    s = view.one_series(params["SeriesInstanceUID"])
-    return [] if s is None else [{"SOPInstanceUID": i.sop_instance_uid} for i in s.instances]
+def _series_size(q: Query) -> Table:
+    columns = ("TotalSizeInBytes", "ObjectCount")
+    uid = q.get("SeriesInstanceUID")
+    if q.v4:
+        found = q.view.one_series(uid)
+        return Table(columns, [] if found is None else [(found.file_size, found.image_count)])
+    # v1/v2 aggregate without an access check: an unknown series is one row of nulls, ``[{}]``.
+    s = q.view.archive.series_by_uid.get(uid or "")
+    if s is None:
+        return Table(columns, [(None, None)])
+    total: object = {"string": f"{s.file_size}.0", "float": float(s.file_size)}.get(
+        q.view.config.series_size_form, s.file_size
+    )
+    return Table(columns, [(total, s.image_count)])
 
 
-def _contents(view: View, params: Params, flavour: str) -> list[Row]:
-    carts = view.config.carts if view.config.carts is not None else view.archive.default_carts
-    rows: list[Row] = []
-    for uid in carts.get(params["name"], []):
-        s = view.one_series(uid)
-        if s is not None:
-            rows.append(series_row(view, s, flavour, short=True))
-    return rows
+def _sop_uids(q: Query) -> Table:
+    s = q.view.one_series(q.get("SeriesInstanceUID"))
+    found = [] if s is None else database_order(s.instances)
+    return Table(("SOPInstanceUID",), [(i.sop_instance_uid,) for i in found], single=True)
 
 
-def _added(p: PatientInfo | StudyInfo) -> dt.datetime | None:
-    studies = p.studies if isinstance(p, PatientInfo) else [p]
-    stamps = [s.timestamp for st in studies for s in st.series if s.timestamp is not None]
-    return min(stamps) if stamps else None
-
-
-def _new_patients(view: View, params: Params, flavour: str) -> list[Row]:
-    since = parse_date(params["Date"], "Date")
-    return [
-        patient_row(p)
-        for p in view.patients(params["Collection"])
-        if (added := _added(p)) is not None and added >= since
+def _contents(q: Query) -> Table:
+    carts = q.view.config.carts if q.view.config.carts is not None else q.view.archive.default_carts
+    found = [
+        s for s in (q.view.one_series(uid) for uid in carts.get(q.get("name") or "", [])) if s is not None
     ]
+    return _series_table(q, found, rows.CONTENTS)
 
 
-def _new_studies(view: View, params: Params, flavour: str) -> list[Row]:
-    since = parse_date(params["Date"], "Date")
-    return [
-        study_row(view, st)
-        for st in view.studies(params["Collection"], params.get("PatientID"))
-        if (added := _added(st)) is not None and added >= since
+# -- changes since a date --------------------------------------------------------------------------------
+
+
+def _since(q: Query, name: str, pattern: str) -> tuple[dt.datetime | None, bool] | Reply:
+    """The date parameter ``name`` and whether a release on that very instant counts; Reply for v3's 400."""
+    value = q.get(name)
+    if value is None:
+        return None, True
+    if q.prefix == "v3":
+        for fmt in _V3_DATE_FORMATS:
+            try:
+                return dt.datetime.strptime(value.strip(), fmt), True
+            except ValueError:
+                continue
+        return bad_request(f"Invalid date format for {name}: {value}")
+    if q.v4:
+        return parse_v4(value) or dt.datetime.max, False
+    return parse_lenient(value, pattern) or dt.datetime.max, False
+
+
+def _released_since(series: Iterable[SeriesInfo], since: dt.datetime | None, inclusive: bool) -> bool:
+    for s in series:
+        released = s.date_released
+        if since is None or (
+            released is not None and (released > since or (inclusive and released == since))
+        ):
+            return True
+    return False
+
+
+def _new_patients(q: Query) -> Table | Reply:
+    got = _since(q, "fromDate" if q.v4 else "Date", V1_V2_NEW)
+    if isinstance(got, Reply):
+        return got
+    since, inclusive = got
+    inclusive = inclusive or q.v4
+    found = [
+        p
+        for p in q.view.patients(q.get("Collection"))
+        if _released_since((s for st in p.studies for s in st.series), since, inclusive)
     ]
+    return _patient_table(q, found)
 
 
-def _updated_series(view: View, params: Params, flavour: str) -> list[Row]:
-    since = parse_date(params["fromDate"], "fromDate")
-    return [
-        series_row(view, s, flavour, short=True)
-        for s in view.series({})
-        if s.timestamp is not None and s.timestamp >= since
+def _new_studies(q: Query) -> Table | Reply:
+    got = _since(q, "fromDate" if q.v4 else "Date", V1_V2_NEW)
+    if isinstance(got, Reply):
+        return got
+    since, inclusive = got
+    inclusive = inclusive or q.v4
+    found = [
+        st
+        for st in q.view.studies(q.get("Collection"), q.get("PatientID"))
+        if _released_since(st.series, since, inclusive)
     ]
+    return _study_table(q, found)
 
 
-_HANDLERS: dict[str, Callable[[View, Params, str], list[Row]]] = {
+def _updated_series(q: Query) -> Table | Reply:
+    got = _since(q, "fromDate", V1_V2_UPDATED)
+    if isinstance(got, Reply):
+        return got
+    since, inclusive = got
+    found = [s for s in q.view.series({}) if _released_since([s], since, inclusive)]
+    return _series_table(q, found, rows.V4_SERIES if q.v4 else rows.V1_UPDATED)
+
+
+_HANDLERS: dict[str, Callable[[Query], Table | Reply]] = {
     "getCollectionValues": _collections,
     "getModalityValues": _modalities,
     "getBodyPartValues": _body_parts,

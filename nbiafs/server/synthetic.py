@@ -4,10 +4,14 @@ Every UID is derived from the seed and the object's place in the tree, and no va
 two archives built with one seed are byte-identical in every process. The archive is built once per process
 and seed (:func:`synthetic_archive` is cached) and holds all instance bytes in memory (about 3 MB).
 
-It carries every value that is hostile to file names and parsers on the live servers (see
-``/work/shared/nbia-api-facts.md``): slashes, double and trailing spaces, embedded quotes, a URL as a
+It carries every value that is hostile to file names and parsers on the live servers (as recorded from
+them): slashes, double and trailing spaces, embedded quotes, a URL as a
 Manufacturer, a collection name with a space, a numeric PatientID, repeated and missing SeriesNumber, missing
 descriptions, StudyID and StudyDate. ``NBIAFS-Bench`` holds one 200-instance 64x64 CT series for benchmarks.
+
+Release dates differ per collection, patient and series (2014 to 2023), one series being released at
+midnight exactly (2014-12-20), so "after a date" and "on or after" queries return different, checkable
+subsets. Collections carry DOIs and (most of them) HTML descriptions for the advanced API.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from nbiafs.server.archive import (
     Archive,
+    CollectionDescription,
     CollectionInfo,
     InstanceInfo,
     PatientInfo,
@@ -31,6 +36,7 @@ from nbiafs.server.archive import (
     StudyInfo,
 )
 from nbiafs.server.config import RESTRICTED_COLLECTION
+from nbiafs.server.ordering import database_order
 
 DEMO_CART = "nbiafs-demo-cart"
 BENCH_COLLECTION = "NBIAFS-Bench"
@@ -60,7 +66,7 @@ class _S:
     protocol: str | None = None
     size: int = 64
     annotations: bool = False
-    updated: dt.datetime | None = None  # submission time when later than the collection release
+    updated: dt.datetime | None = None  # submission and release time when not the patient's
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class _C:
         "Creative Commons Attribution 4.0 International License",
         "https://creativecommons.org/licenses/by/4.0/",
     )
+    description: str | None = None  # the advanced API's HTML description
 
 
 def _d(y: int, m: int, d: int, hh: int = 0, mm: int = 0, ss: int = 0) -> dt.datetime:
@@ -114,6 +121,7 @@ RECIPE: tuple[_C, ...] = (
         name="RIDER Synth CT",
         released=_d(2014, 3, 1, 9, 30, 12),
         uri="https://doi.org/10.7937/K9/TCIA.2015.NBIAFS01",
+        description="<p>Synthetic <b>RIDER</b>-like lung CT, repeat scans.</p>",
         patients=(
             _P(
                 "RIDER-1129164940",
@@ -127,7 +135,17 @@ RECIPE: tuple[_C, ...] = (
                         diagnosis="Lung nodule",
                         series=(
                             _S("CT", 24, 2, "CHEST/ABD", "CHEST", *GE, protocol="CHEST/ABD 5mm"),
-                            _S("CT", 8, 3, "Recon 2  LUNG ", "CHEST", *GE, annotations=True),
+                            # Released at midnight exactly: "after a date" and "on or after" differ here.
+                            _S(
+                                "CT",
+                                8,
+                                3,
+                                "Recon 2  LUNG ",
+                                "CHEST",
+                                *GE,
+                                annotations=True,
+                                updated=_d(2014, 12, 20),
+                            ),
                         ),
                     ),
                 ),
@@ -137,7 +155,7 @@ RECIPE: tuple[_C, ...] = (
                 "F",
                 "055Y",
                 (_St(series=(_S("CT", 12, 1, None),)),),
-                added=_d(2016, 8, 16, 14, 2, 11),
+                added=_d(2015, 3, 2, 14, 2, 11),
             ),
         ),
     ),
@@ -145,6 +163,7 @@ RECIPE: tuple[_C, ...] = (
         name="NBIAFS-MR-Brain",
         released=_d(2018, 6, 15, 11, 45, 52),
         uri="https://doi.org/10.7937/K9/TCIA.2018.NBIAFS02",
+        description="<p>Synthetic brain MR with segmentations (<i>SEG</i>).</p>",
         patients=(
             _P(
                 "BRAIN-001",
@@ -241,6 +260,8 @@ RECIPE: tuple[_C, ...] = (
     _C(
         name=RESTRICTED_COLLECTION,
         released=_d(2019, 11, 20, 7, 7, 7),
+        uri="https://doi.org/10.7937/K9/TCIA.2019.NBIAFS05",
+        description="<p>Restricted synthetic data.</p>",
         license=("TCIA Restricted License", "https://www.cancerimagingarchive.net/data-usage-policies"),
         patients=(
             _P(
@@ -308,7 +329,8 @@ def _pixels(ctx: _Ctx, index: int) -> np.ndarray:
         act = np.where(r2 < 1.0, 200.0 + 10 * texture, 0.0)
         return np.where(sphere, 3000.0, act).astype(np.uint16)
     if modality == "CR":
-        return (1000.0 + 20 * texture + 1500.0 * (r2 < 1.0)).astype(np.uint16)
+        cr: np.ndarray = np.where(r2 < 1.0, 2500.0 + 20 * texture, 1000.0 + 20 * texture)
+        return cr.astype(np.uint16)
     base = np.where(r2 < 1.0, 400.0 + 20 * texture, 0.0)
     return np.where(sphere, 900.0, base).astype(np.uint16)
 
@@ -450,6 +472,22 @@ def _write(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+_SPACING = {"CT": 0.7, "MR": 0.9, "PT": 4.0, "CR": 0.5}
+_THICKNESS = {"CT": 2.5, "MR": 5.0, "PT": 4.0}
+
+
+def _description(ci: int, c: _C) -> CollectionDescription | None:
+    if c.description is None:
+        return None
+    return CollectionDescription(
+        description=c.description,
+        description_id=101 + ci,
+        timestamp=c.released,
+        user_name="nbiafs_curator",
+        license_id=1 if c.license[0].startswith("Creative") else 2,
+    )
+
+
 def _build(seed: int) -> Archive:
     data: dict[str, bytes] = {}
     collections: list[CollectionInfo] = []
@@ -460,6 +498,7 @@ def _build(seed: int) -> Archive:
             license_uri=c.license[1],
             collection_uri=c.uri,
             site=c.site,
+            description=_description(ci, c),
         )
         for pi, p in enumerate(c.patients):
             patient = PatientInfo(
@@ -501,9 +540,12 @@ def _build(seed: int) -> Archive:
                         manufacturer=s.manufacturer,
                         manufacturer_model_name=s.model,
                         software_versions=s.software,
-                        annotations_flag=s.annotations,
+                        annotations_flag=True if s.annotations else None,
                         timestamp=stamp,
                         date_released=stamp,
+                        third_party_analysis="YES" if s.modality == "SEG" else "NO",
+                        pixel_spacing=(_SPACING[s.modality],) if s.modality in _SPACING else (),
+                        slice_thickness=(_THICKNESS[s.modality],) if s.modality in _THICKNESS else (),
                     )
                     ctx = _Ctx(seed, c, p, st, s, study_uid, series_uid, frame_uid)
                     count = 1 if s.modality == "SEG" else s.count
@@ -514,6 +556,7 @@ def _build(seed: int) -> Archive:
                         series.instances.append(
                             InstanceInfo(sop_uid, SOP_CLASSES[s.modality], ii + 1, 1, len(blob))
                         )
+                    series.instances = database_order(series.instances)
                     study.series.append(series)
                 patient.studies.append(study)
             coll.patients.append(patient)
