@@ -10,23 +10,44 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import re
+from collections.abc import Sequence
 from typing import IO, Any
 
 from nbiafs.api.auth import TokenManager
 from nbiafs.api.credentials import Credentials
-from nbiafs.api.dialects import DIALECTS, Dialect
+from nbiafs.api.dialects import ADVANCED_ENDPOINTS, DIALECTS, Dialect
+from nbiafs.api.manifest import Manifest, parse_manifest
 from nbiafs.api.profiles import ServerProfile
-from nbiafs.api.records import Patient, Row, Series, SeriesMetadata, SeriesSize, Study
+from nbiafs.api.records import (
+    CollectionDescription,
+    DicomTag,
+    DoiEntry,
+    Patient,
+    Row,
+    SearchResult,
+    Series,
+    SeriesMetadata,
+    SeriesSize,
+    Study,
+    ValueCount,
+)
 from nbiafs.api.rows import (
     describe_body,
     parse_all,
+    parse_collection_description,
     parse_csv_rows,
+    parse_dicom_tag,
+    parse_doi_entry,
     parse_json_rows,
+    parse_json_value,
     parse_patient,
+    parse_search_result,
     parse_series,
     parse_series_metadata,
     parse_series_size,
     parse_study,
+    parse_value_count,
     values,
 )
 from nbiafs.api.transport import Check, Transport
@@ -41,6 +62,9 @@ from nbiafs.errors import (
 from nbiafs.settings import ClientSettings
 
 log = logging.getLogger(__name__)
+
+MANIFEST_SEARCH_SIZE = 1_000_000
+"""Patients a simple-search manifest asks for (the server pages the search; the manifest wants them all)."""
 
 
 def _refused_image(path: str, status: int) -> bool:
@@ -341,31 +365,179 @@ class NbiaClient:
             raise BadResponseError(f"{name}: expected one JSON object, got {len(rows)} rows")
         return rows[0]
 
+    # --- the advanced API ---------------------------------------------------------------------------------------
+
+    def _advanced_url(self, endpoint: str) -> str:
+        """Where ``endpoint`` of the advanced API lives for this profile; ConfigError where it does not."""
+        where = self.dialect.advanced
+        if where == "none":
+            raise ConfigError(f"the {self.dialect.version} API has no {endpoint}")
+        if where == "here":
+            return self._endpoint_url(endpoint)
+        base = re.sub(r"/v[0-9]+/?$", "", self.profile.api_url.rstrip("/"))
+        return f"{base}/v4/{endpoint}" if where == "v4" else f"{base}/{endpoint}"
+
+    def _advanced(
+        self,
+        endpoint: str,
+        params: dict[str, str | None] | None = None,
+        *,
+        form: dict[str, str] | None = None,
+    ) -> Any:
+        """The decoded JSON of an advanced endpoint (GET with ``params``, or POST with ``form``); None for an
+        empty answer."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        method = "POST" if form is not None else "GET"
+        url = self._advanced_url(endpoint)
+        content, ctype = self._fetch(endpoint, query or None, method=method, data=form, url=url)
+        if not content.strip():
+            return None
+        return parse_json_value(content, ctype, what=endpoint)
+
+    def _counts(self, endpoint: str, **params: str | None) -> list[ValueCount]:
+        rows = self._advanced(endpoint, params) or []
+        if not isinstance(rows, list):
+            raise BadResponseError(
+                f"{endpoint} answered with {type(rows).__name__} where a list was expected"
+            )
+        return parse_all([r for r in rows if isinstance(r, dict)], parse_value_count)
+
+    def modality_counts(
+        self, collection: str | None = None, body_part: str | None = None
+    ) -> list[ValueCount]:
+        """Modalities with their counts of distinct patients (getModalityValuesAndCounts)."""
+        return self._counts("getModalityValuesAndCounts", Collection=collection, BodyPartExamined=body_part)
+
+    def body_part_counts(
+        self, collection: str | None = None, modality: str | None = None
+    ) -> list[ValueCount]:
+        """Body parts with their counts of distinct patients (getBodyPartValuesAndCounts)."""
+        return self._counts("getBodyPartValuesAndCounts", Collection=collection, Modality=modality)
+
+    def collection_counts(self) -> list[ValueCount]:
+        """Collections with their counts of distinct patients (getCollectionValuesAndCounts)."""
+        return self._counts("getCollectionValuesAndCounts")
+
+    def manufacturer_counts(
+        self, collection: str | None = None, modality: str | None = None, body_part: str | None = None
+    ) -> list[ValueCount]:
+        """Manufacturers with their counts of distinct patients (getManufacturerValuesAndCounts)."""
+        return self._counts(
+            "getManufacturerValuesAndCounts",
+            Collection=collection,
+            Modality=modality,
+            BodyPartExamined=body_part,
+        )
+
+    def collection_descriptions(self, collection: str | None = None) -> list[CollectionDescription]:
+        """Descriptions (HTML) of one or every described collection ([] for an unknown or refused one)."""
+        rows = self._advanced("getCollectionDescriptions", {"collectionName": collection}) or []
+        return parse_all([r for r in rows if isinstance(r, dict)], parse_collection_description)
+
+    def dicom_tags(self, series_instance_uid: str) -> list[DicomTag]:
+        """The DICOM header of a series' first instance as NBIA lists it (getDicomTags).
+
+        AccessDeniedError for an unknown or refused series (NBIA answers both with its access text).
+        """
+        rows = self._advanced("getDicomTags", {"SeriesUID": series_instance_uid}) or []
+        return parse_all([r for r in rows if isinstance(r, dict)], parse_dicom_tag)
+
+    def doi_entries(self, doi: str | None = None, *, series: bool = False) -> list[DoiEntry]:
+        """The collections (or with ``series`` the series) published under ``doi`` (a ``https://doi.org/…``
+        URL; None: every DOI) (getCollectionOrSeriesForDOI)."""
+        form = {"CollectionOrSeries": "series" if series else "collection"}
+        if doi is not None:
+            form["DOI"] = doi
+        rows = self._advanced("getCollectionOrSeriesForDOI", form=form) or []
+        return parse_all([r for r in rows if isinstance(r, dict)], parse_doi_entry)
+
+    @staticmethod
+    def _search_form(
+        criteria: Sequence[tuple[str, str]], sort_field: str, ascending: bool, start: int, size: int
+    ) -> dict[str, str]:
+        form = {
+            "sortField": sort_field,
+            "sortDirection": "ascending" if ascending else "descending",
+            "start": str(start),
+            "size": str(size),
+        }
+        for i, (kind, value) in enumerate(criteria):
+            form[f"criteriaType{i}"] = kind
+            form[f"value{i}"] = value
+        return form
+
+    def simple_search(
+        self,
+        criteria: Sequence[tuple[str, str]] = (),
+        *,
+        sort_field: str = "subject",
+        ascending: bool = True,
+        start: int = 0,
+        size: int = 100,
+    ) -> SearchResult:
+        """One page of patients matching ``criteria``: ``(criteria type, value)`` pairs such as
+        ``("CollectionCriteria", "TCGA-GBM")`` or ``("ImageModalityCriteria", "MR")``; repeats of one type OR.
+        """
+        form = self._search_form(criteria, sort_field, ascending, start, size)
+        answer = self._advanced(self.dialect.simple_search, form=form)
+        if answer is None:
+            return SearchResult(patients=(), total_patients=0)
+        if not isinstance(answer, dict):
+            raise BadResponseError(f"the simple search answered with {type(answer).__name__}, not an object")
+        return parse_search_result(answer)
+
+    def simple_search_manifest(
+        self, criteria: Sequence[tuple[str, str]] = (), *, sort_field: str = "subject", ascending: bool = True
+    ) -> Manifest:
+        """The Data Retriever manifest of every series a simple search finds (getManifestForSimpleSearch)."""
+        form = self._search_form(criteria, sort_field, ascending, 0, MANIFEST_SEARCH_SIZE)
+        url = self._advanced_url("getManifestForSimpleSearch")
+        content, ctype = self._fetch("getManifestForSimpleSearch", method="POST", data=form, url=url)
+        if not content.strip():
+            return Manifest(series_instance_uids=())
+        if describe_body(content, ctype):
+            raise BadResponseError(
+                f"getManifestForSimpleSearch answered with {describe_body(content, ctype)}"
+            )
+        text = content.decode("utf-8", "replace")
+        try:
+            return parse_manifest(text, source="getManifestForSimpleSearch", allow_empty=True)
+        except ConfigError as exc:  # the server's answer, not the user's file
+            raise BadResponseError(str(exc)) from None
+
     # --- raw queries ----------------------------------------------------------------------------------------
 
     def query(self, endpoint: str, params: dict[str, str], fmt: str = "json") -> list[dict[str, Any]] | str:
-        """Any metadata endpoint, raw: JSON rows as sent (``fmt="json"``), or the server's own text otherwise.
+        """Any metadata endpoint, raw: JSON rows as sent (``fmt="json"``; an object answer is one row), or the
+        server's own text otherwise (and for a manifest).
 
-        v3 gets ``format=<fmt>``; v4 getSeriesMetadata is sent as the POST it must be (``list`` form field).
+        v3 gets ``format=<fmt>``; v4 getSeriesMetadata is sent as the POST it must be (``list`` form field);
+        the advanced API's endpoints go where the dialect says, POSTs with ``params`` as the form.
         """
         params = dict(params)
-        method, data = "GET", None
-        if self.dialect.series_metadata_post and endpoint.lower() == "getseriesmetadata":
+        method, data, url = "GET", None, None
+        if endpoint in ADVANCED_ENDPOINTS:
+            if endpoint.startswith("getSimpleSearch"):
+                endpoint = self.dialect.simple_search
+            url = self._advanced_url(endpoint)
+            if ADVANCED_ENDPOINTS[endpoint] == "POST":
+                method, data, params = "POST", params, {}
+        elif self.dialect.series_metadata_post and endpoint.lower() == "getseriesmetadata":
             method, data, params = "POST", params, {}
             if "list" not in data and "SeriesInstanceUID" in data:
                 data["list"] = data.pop("SeriesInstanceUID")
-        if "format" in self.dialect.extra_params or fmt != "json":
+            data.setdefault("format", fmt)  # JSON keeps numbers numbers (the default is quoted CSV)
+        elif "format" in self.dialect.extra_params or fmt != "json":
             params.setdefault("format", fmt)
-        url = None
         if endpoint in ("getContentsByName", "ContentsByName"):
             url = self.profile.contents_by_name_url
         content, ctype = self._fetch(endpoint, params, method=method, data=data, url=url)
-        if fmt != "json":
+        if fmt != "json" or endpoint == "getManifestForSimpleSearch":
             kind = describe_body(content, ctype)
             if kind is not None and "html" not in fmt:
                 raise BadResponseError(f"{endpoint} answered with {kind} where {fmt} was expected")
             return content.decode("utf-8", "replace")
-        if method == "POST" and not _looks_json(content, ctype):
+        if method == "POST" and content.strip() and not _looks_json(content, ctype):
             return parse_csv_rows(content, what=endpoint)
         return parse_json_rows(content, ctype, what=endpoint)
 

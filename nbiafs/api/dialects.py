@@ -35,7 +35,11 @@ class Dialect:
     ``new_since`` is the date parameter of NewPatientsInCollection and NewStudiesInPatientCollection,
     ``updated_since`` that of getUpdatedSeries; ``endpoint_metadata`` says whether ``<endpoint>/metadata``
     exists; ``new_studies_by_patient`` says that a NewStudiesInPatientCollection refused for want of a
-    ``PatientID`` may be asked patient by patient.
+    ``PatientID`` may be asked patient by patient. ``advanced`` says where the advanced API (counts,
+    descriptions, DICOM tags, DOIs, simple search) lives: ``unversioned`` (``/nbia-api/services/<name>``, a
+    token required), ``here`` (beside the other endpoints: v4), ``v4`` (v4's, beside the profile's version) or
+    ``none``; ``simple_search`` is that
+    endpoint's name there.
     """
 
     version: str
@@ -47,6 +51,8 @@ class Dialect:
     series_metadata_post: bool = False
     endpoint_metadata: bool = False
     new_studies_by_patient: bool = True
+    advanced: str = "unversioned"
+    simple_search: str = "getSimpleSearchWithModalityAndBodyPartPaged"
 
 
 # Each version parses its own format and answers any other silently wrong (facts §4): v1/v2 leniently
@@ -57,7 +63,14 @@ _V4_DATE = DateParam("fromDate", "%m-%d-%Y")
 
 DIALECTS: Mapping[str, Dialect] = MappingProxyType(
     {
-        "v1": Dialect("v1", new_since=_V1_V2_NEW, updated_since=_V1_V2_UPDATED),
+        # v1 is anonymous, and the unversioned advanced API wants a token: use v4's anonymous one.
+        "v1": Dialect(
+            "v1",
+            new_since=_V1_V2_NEW,
+            updated_since=_V1_V2_UPDATED,
+            advanced="v4",
+            simple_search="getSimpleSearch",
+        ),
         "v2": Dialect("v2", new_since=_V1_V2_NEW, updated_since=_V1_V2_UPDATED),
         "v3": Dialect(
             "v3",
@@ -69,13 +82,35 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType(
             contents_by_name="ContentsByName",
             endpoint_metadata=True,
             new_studies_by_patient=False,
+            advanced="none",
         ),
         "v4": Dialect(
             "v4",
             new_since=_V4_DATE,
             updated_since=_V4_DATE,
             series_metadata_post=True,
+            advanced="here",
+            simple_search="getSimpleSearch",
         ),
     }
 )
 """The dialect of each API version (``ServerProfile.flavour``)."""
+
+
+ADVANCED_ENDPOINTS: Mapping[str, str] = MappingProxyType(
+    {
+        "getModalityValuesAndCounts": "GET",
+        "getBodyPartValuesAndCounts": "GET",
+        "getCollectionValuesAndCounts": "GET",
+        "getManufacturerValuesAndCounts": "GET",
+        "getSpeciesValuesAndCounts": "GET",
+        "getCollectionDescriptions": "GET",
+        "getDicomTags": "GET",
+        "getCollectionOrSeriesForDOI": "POST",
+        "getSimpleSearch": "POST",
+        "getSimpleSearchWithModalityAndBodyPartPaged": "POST",
+        "getManifestForSimpleSearch": "POST",
+    }
+)
+"""The advanced API's endpoints (where :attr:`Dialect.advanced` says) and their methods; both names of the
+simple search are accepted and sent as the dialect's :attr:`Dialect.simple_search`."""

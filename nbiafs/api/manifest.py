@@ -69,12 +69,12 @@ def _parse_int(key: str, value: str) -> int:
         raise ConfigError(f"manifest header {key}={value!r} is not a whole number") from None
 
 
-def parse_manifest(text: str, *, source: str = "manifest") -> Manifest:
+def parse_manifest(text: str, *, source: str = "manifest", allow_empty: bool = False) -> Manifest:
     """Parse the text of a ``.tcia`` manifest.
 
     Raises :class:`~nbiafs.errors.ConfigError` (naming ``source`` and the line) when the text is not a
     manifest: no ``ListOfSeriesToDownload=`` line, a header line without ``=``, a series line that is not a
-    UID, a bad ``includeAnnotation``/``noOfrRetry`` value, or no series at all.
+    UID, a bad ``includeAnnotation``/``noOfrRetry`` value, or no series at all (unless ``allow_empty``).
     """
     text = text.removeprefix("\ufeff")
     headers: dict[str, str] = {}
@@ -105,7 +105,7 @@ def parse_manifest(text: str, *, source: str = "manifest") -> Manifest:
         headers[key] = value.strip()
     if not in_list:
         raise ConfigError(f"{source}: not a .tcia manifest (no {LIST_HEADER}= line)")
-    if not series:
+    if not series and not allow_empty:
         raise ConfigError(f"{source}: the manifest lists no series")
     include = headers.get("includeAnnotation")
     retry = headers.get("noOfrRetry")

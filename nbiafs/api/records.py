@@ -115,3 +115,77 @@ class SeriesMetadata:
     annotation_size: int | None = None
     date_released: dt.datetime | None = None
     raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+# --- the advanced API ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueCount:
+    """A row of a ``get*ValuesAndCounts`` answer: a value and its count of distinct patients.
+
+    ``value`` is None for rows counting a missing value (the unversioned API writes it ``""`` or
+    ``NOT SPECIFIED``; v4 leaves the key out). ``authorized`` is v4's flag (always true there).
+    """
+
+    value: str | None
+    count: int
+    authorized: bool | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class CollectionDescription:
+    """A row of getCollectionDescriptions: ``description`` is HTML; ``description_uri`` usually a DOI URL."""
+
+    collection: str | None
+    description: str | None = None
+    description_uri: str | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DicomTag:
+    """A row of getDicomTags: ``element`` like ``(0020,000E)`` with one ``>`` per sequence level; ``data``
+    None for sequences and binary values."""
+
+    element: str
+    name: str
+    data: str | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DoiEntry:
+    """A row of getCollectionOrSeriesForDOI: a collection, or with ``series`` one of its series."""
+
+    collection: str | None
+    series_instance_uid: str | None = None
+    third_party_analysis: str | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SearchPatient:
+    """A patient of a simple search (``subject_id`` is the PatientID; ``project`` the collection).
+
+    ``authorized`` (v4 only) is False for patients the caller may see but not download.
+    """
+
+    subject_id: str
+    project: str | None = None
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    total_studies: int | None = None
+    total_series: int | None = None
+    authorized: bool | None = None
+    raw: Row = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of a simple search: its patients, the total count of patients, and the answer as sent."""
+
+    patients: tuple[SearchPatient, ...]
+    total_patients: int
+    raw: Row = field(default_factory=dict, compare=False, repr=False)

@@ -19,7 +19,20 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from nbiafs.api.records import Patient, Row, Series, SeriesMetadata, SeriesSize, Study
+from nbiafs.api.records import (
+    CollectionDescription,
+    DicomTag,
+    DoiEntry,
+    Patient,
+    Row,
+    SearchPatient,
+    SearchResult,
+    Series,
+    SeriesMetadata,
+    SeriesSize,
+    Study,
+    ValueCount,
+)
 from nbiafs.errors import BadResponseError
 
 log = logging.getLogger(__name__)
@@ -47,6 +60,21 @@ def describe_body(content: bytes, content_type: str = "") -> str | None:
     return None
 
 
+def parse_json_value(content: bytes, content_type: str = "", what: str = "the server") -> Any:
+    """The decoded JSON of a non-empty answer.
+
+    Raises BadResponseError (naming ``what``) for a ZIP, HTML or anything else that is not JSON.
+    """
+    kind = describe_body(content, content_type)
+    if kind is not None:
+        raise BadResponseError(f"{what} answered with {kind} where JSON was expected")
+    try:
+        return json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        snippet = content[:80].decode("utf-8", "replace")
+        raise BadResponseError(f"{what} answered with something that is not JSON: {snippet!r}") from exc
+
+
 def parse_json_rows(content: bytes, content_type: str = "", what: str = "the server") -> list[Row]:
     """The rows of a JSON answer: an empty body is no rows, an object one row, bare values ``{"value": v}``.
 
@@ -54,14 +82,7 @@ def parse_json_rows(content: bytes, content_type: str = "", what: str = "the ser
     """
     if not content.strip():
         return []
-    kind = describe_body(content, content_type)
-    if kind is not None:
-        raise BadResponseError(f"{what} answered with {kind} where JSON was expected")
-    try:
-        data = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        snippet = content[:80].decode("utf-8", "replace")
-        raise BadResponseError(f"{what} answered with something that is not JSON: {snippet!r}") from exc
+    data = parse_json_value(content, content_type, what)
     if isinstance(data, dict):
         return [data]
     if not isinstance(data, list):
@@ -340,6 +361,80 @@ def parse_series_size(row: Row) -> SeriesSize:
     if total is None and count is None:
         raise BadResponseError(f"a getSeriesSize row without TotalSizeInBytes/ObjectCount: {sorted(row)}")
     return SeriesSize(total_size_in_bytes=total or 0, object_count=count or 0, raw=dict(row))
+
+
+_MISSING_VALUES = ("", "NOT SPECIFIED")
+
+
+def parse_value_count(row: Row) -> ValueCount:
+    """A ``get*ValuesAndCounts`` row of either prefix: ``criteria``/``count`` (unversioned, strings) or
+    ``<Key>``/``Count``/``Authorized`` (v4)."""
+    count = to_int(get(row, "count", "Count"))
+    if count is None:
+        raise BadResponseError(f"a ValuesAndCounts row without a count: {sorted(row)}")
+    if "criteria" in row:
+        value = to_str(row.get("criteria"))
+        value = None if value is None or value.strip() in _MISSING_VALUES else value
+    else:
+        keys = [k for k in row if k not in ("Count", "count", "Authorized", "authorized")]
+        value = to_str(row[keys[0]]) if keys else None
+    return ValueCount(
+        value=value, count=count, authorized=to_bool(get(row, "Authorized", "authorized")), raw=row
+    )
+
+
+def parse_collection_description(row: Row) -> CollectionDescription:
+    """A getCollectionDescriptions row (Jackson: lower-case keys, nulls kept)."""
+    return CollectionDescription(
+        collection=to_str(get(row, "collectionName")),
+        description=to_str(get(row, "description")),
+        description_uri=to_str(get(row, "descriptionURI")),
+        raw=row,
+    )
+
+
+def parse_dicom_tag(row: Row) -> DicomTag:
+    """A getDicomTags row."""
+    return DicomTag(
+        element=_required(row, "getDicomTags", "element"),
+        name=to_str(get(row, "name")) or "",
+        data=to_str(get(row, "data")),
+        raw=row,
+    )
+
+
+def parse_doi_entry(row: Row) -> DoiEntry:
+    """A getCollectionOrSeriesForDOI row (the server spells it ``thirdPartyAnanlysis``)."""
+    return DoiEntry(
+        collection=to_str(get(row, "collection")),
+        series_instance_uid=to_str(get(row, "seriesInstanceUID")),
+        third_party_analysis=to_str(get(row, "thirdPartyAnanlysis", "thirdPartyAnalysis")),
+        raw=row,
+    )
+
+
+def parse_search_result(answer: Row) -> SearchResult:
+    """A getSimpleSearch answer object (``resultSet``, ``totalPatients``, facets)."""
+    patients = []
+    for row in answer.get("resultSet") or []:
+        if not isinstance(row, dict):
+            continue
+        patients.append(
+            SearchPatient(
+                subject_id=_required(row, "getSimpleSearch", "subjectId"),
+                project=to_str(row.get("project")),
+                modalities=tuple(str(m) for m in row.get("modalities") or ()),
+                body_parts=tuple(str(b) for b in row.get("bodyParts") or ()),
+                total_studies=to_int(row.get("totalNumberOfStudies")),
+                total_series=to_int(row.get("totalNumberOfSeries")),
+                authorized=to_bool(row.get("authorized")),
+                raw=row,
+            )
+        )
+    total = to_int(answer.get("totalPatients"))
+    return SearchResult(
+        patients=tuple(patients), total_patients=len(patients) if total is None else total, raw=answer
+    )
 
 
 def parse_all(rows: Iterable[Row], parse: Callable[[Row], T]) -> list[T]:

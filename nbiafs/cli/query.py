@@ -1,8 +1,10 @@
 """``nbiafs query ENDPOINT [--param NAME=VALUE ...] [--format json|csv|table]``: any metadata endpoint, raw.
 
 Rows are printed as the server sent them: ``json`` pretty-printed, ``csv`` with a header made of the union of
-every row's keys (first-seen order), ``table`` as aligned columns. ``--metadata`` prints the v3
-``<endpoint>/metadata`` description instead.
+every row's keys (first-seen order), ``table`` as aligned columns. The advanced API (``get*ValuesAndCounts``,
+getCollectionDescriptions, getDicomTags, getCollectionOrSeriesForDOI, getSimpleSearch,
+getManifestForSimpleSearch) goes where the server profile keeps it, its POSTs with the ``--param`` values as
+the form. ``--metadata`` prints the v3 ``<endpoint>/metadata`` description instead.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
 from nbiafs.cli.logs import add_logging_options
 from nbiafs.cli.options import add_server_options, client_from_args
-from nbiafs.errors import ConfigError
+from nbiafs.errors import ConfigError, NotFoundError
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "csv", "table")
-MAX_CELL = 60  # characters shown per table cell; longer values are cut with an ellipsis
+MAX_CELL = 64  # characters shown per table cell (a UID's longest); longer values are cut with an ellipsis
 
 
 def register(subparsers: Any) -> None:
@@ -87,8 +90,7 @@ def write_json(rows: Any, out: TextIO) -> None:
 
 
 def write_csv(rows: list[dict[str, Any]], out: TextIO) -> None:
-    """CSV with a header of the union of keys; ``{}`` rows are skipped, missing cells left empty."""
-    rows = [row for row in rows if row]
+    """CSV with a header of the union of keys; missing cells (and ``{}`` rows: a null value) left empty."""
     columns = _columns(rows)
     if not columns:
         return
@@ -99,8 +101,8 @@ def write_csv(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def write_table(rows: list[dict[str, Any]], out: TextIO) -> None:
-    """Aligned columns under a header and a rule; cells longer than MAX_CELL characters are cut."""
-    rows = [row for row in rows if row]
+    """Aligned columns under a header and a rule; cells longer than MAX_CELL characters are cut; ``{}`` rows
+    (a null value) are empty lines."""
     columns = _columns(rows)
     if not columns:
         out.write("(no rows)\n")
@@ -119,20 +121,41 @@ def write_table(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run the query; returns the exit status (errors are raised as NbiaError for cli.main to report)."""
+    """Run the query; returns the exit status (errors are raised as NbiaError for cli.main to report).
+
+    A reader that stops early (``| head``) ends the output quietly.
+    """
     out = out or sys.stdout
     params = parse_params(args.param)
     with client_from_args(args) as client:
         if args.metadata:
-            write_json(client.endpoint_metadata(args.endpoint), out)
-            return 0
-        rows = client.query(args.endpoint, params, fmt="json")
-    assert isinstance(rows, list)
-    log.info("%s: %d rows", args.endpoint, len(rows))
-    if args.format == "json":
-        write_json(rows, out)
-    elif args.format == "csv":
-        write_csv(rows, out)
-    else:
-        write_table(rows, out)
+            answer: Any = client.endpoint_metadata(args.endpoint)
+        else:
+            try:
+                answer = client.query(args.endpoint, params, fmt="json")
+            except NotFoundError as exc:
+                if exc.status != 404:
+                    raise
+                raise ConfigError(
+                    f"{client.profile.api_url} has no endpoint {args.endpoint!r} (HTTP 404); endpoint names are "
+                    "case-sensitive, e.g. getSeries"
+                ) from None
+    try:
+        if isinstance(answer, str):  # a manifest: the server's own text
+            out.write(answer if answer.endswith("\n") or not answer else answer + "\n")
+        elif args.metadata or args.format == "json":
+            write_json(answer, out)
+        elif args.format == "csv":
+            write_csv(answer, out)
+        else:
+            write_table(answer, out)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error. Point stdout at /dev/null so the interpreter's
+        # final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if isinstance(answer, list):
+        log.info("%s: %d rows", args.endpoint, len(answer))
     return 0

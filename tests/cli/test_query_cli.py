@@ -107,13 +107,18 @@ def test_formatters_and_params() -> None:
     rows = [{}, {"A": 1, "B": "x,y"}, {"C": True, "A": "long " * 20}]
     buf = io.StringIO()
     write_csv(rows, buf)
-    assert buf.getvalue().splitlines() == ["A,B,C", '1,"x,y",', ("long " * 20) + ",,true"]
+    # A {} row (a null value of a one-column list) stays a row: empty cells.
+    assert buf.getvalue().splitlines() == ["A,B,C", ",,", '1,"x,y",', ("long " * 20) + ",,true"]
     buf = io.StringIO()
     write_table(rows, buf)
     lines = buf.getvalue().splitlines()
-    assert lines[0].split() == ["A", "B", "C"] and set(lines[1]) == {"-", " "}
-    assert lines[2].index("x,y") == lines[0].index("B") and lines[3].endswith("true")
-    assert "…" in lines[3] and lines[3].index("true") == lines[0].index("C")  # long cell cut, columns aligned
+    assert lines[0].split() == ["A", "B", "C"] and set(lines[1]) == {"-", " "} and lines[2] == ""
+    assert lines[3].index("x,y") == lines[0].index("B") and lines[4].endswith("true")
+    assert "…" in lines[4] and lines[4].index("true") == lines[0].index("C")  # long cell cut, columns aligned
+    uid = "1.2.826.0.1.3680043.8.498.70985579507329031225816304914395629331"
+    buf = io.StringIO()
+    write_table([{"SeriesInstanceUID": uid}], buf)
+    assert uid in buf.getvalue()  # a 64-character UID is never cut
     assert parse_params(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
     with pytest.raises(ConfigError):
         parse_params(["novalue"])
