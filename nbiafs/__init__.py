@@ -6,7 +6,9 @@ The public Python API, importable from here::
 
 - the client: :class:`NbiaClient`, :func:`resolve_profile`, :class:`ServerProfile`, :class:`Credentials`;
 - its typed records: :class:`Patient`, :class:`Study`, :class:`Series`, :class:`SeriesMetadata`,
-  :class:`SeriesSize`;
+  :class:`SeriesSize`, and the advanced API's :class:`ValueCount`, :class:`CollectionDescription`,
+  :class:`DicomTag`, :class:`DoiEntry`, :class:`SearchResult`; each converts with ``to_dict()``, and a list of
+  them to a pandas DataFrame with :func:`to_dataframe` (pandas optional);
 - the settings: :class:`ClientSettings`, :class:`TreeSettings`, :class:`CacheSettings`;
 - the errors of :mod:`nbiafs.errors` (one tree by meaning, each with its errno).
 
@@ -31,6 +33,13 @@ _EXPORTS = {
     "Series": "nbiafs.api.records",
     "SeriesMetadata": "nbiafs.api.records",
     "SeriesSize": "nbiafs.api.records",
+    "to_dataframe": "nbiafs.api.frames",
+    "ValueCount": "nbiafs.api.records",
+    "CollectionDescription": "nbiafs.api.records",
+    "DicomTag": "nbiafs.api.records",
+    "DoiEntry": "nbiafs.api.records",
+    "SearchResult": "nbiafs.api.records",
+    "SearchPatient": "nbiafs.api.records",
     "ClientSettings": "nbiafs.settings",
     "TreeSettings": "nbiafs.settings",
     "CacheSettings": "nbiafs.settings",
@@ -59,6 +68,13 @@ __all__ = [
     "Series",
     "SeriesMetadata",
     "SeriesSize",
+    "to_dataframe",
+    "ValueCount",
+    "CollectionDescription",
+    "DicomTag",
+    "DoiEntry",
+    "SearchResult",
+    "SearchPatient",
     "ClientSettings",
     "TreeSettings",
     "CacheSettings",
@@ -79,8 +95,21 @@ __all__ = [
 if TYPE_CHECKING:
     from nbiafs.api.client import NbiaClient
     from nbiafs.api.credentials import Credentials
+    from nbiafs.api.frames import to_dataframe
     from nbiafs.api.profiles import ServerProfile, resolve_profile
-    from nbiafs.api.records import Patient, Series, SeriesMetadata, SeriesSize, Study
+    from nbiafs.api.records import (
+        CollectionDescription,
+        DicomTag,
+        DoiEntry,
+        Patient,
+        SearchPatient,
+        SearchResult,
+        Series,
+        SeriesMetadata,
+        SeriesSize,
+        Study,
+        ValueCount,
+    )
     from nbiafs.errors import (
         AccessDeniedError,
         AuthenticationError,

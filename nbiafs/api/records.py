@@ -12,14 +12,27 @@ Dates are naive :class:`datetime.datetime` values (the servers give no time zone
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Row = dict[str, Any]
 
 
+class Record:
+    """What every record can do besides holding its fields (a mixin of the dataclasses below)."""
+
+    raw: Row
+
+    def to_dict(self, *, raw: bool = False) -> dict[str, Any]:
+        """The typed fields as a dict (field name -> value; dates stay ``datetime``), or with ``raw`` the row
+        exactly as the server sent it."""
+        if raw:
+            return dict(self.raw)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw"}  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class Patient:
+class Patient(Record):
     """A patient row (getPatient, getPatientByCollectionAndModality, NewPatientsInCollection)."""
 
     patient_id: str
@@ -35,7 +48,7 @@ class Patient:
 
 
 @dataclass(frozen=True)
-class Study:
+class Study(Record):
     """A row of getPatientStudy or NewStudiesInPatientCollection."""
 
     study_instance_uid: str
@@ -55,7 +68,7 @@ class Study:
 
 
 @dataclass(frozen=True)
-class Series:
+class Series(Record):
     """A row of getSeries, getUpdatedSeries or getContentsByName (v4 names mapped to the same fields)."""
 
     series_instance_uid: str
@@ -83,7 +96,7 @@ class Series:
 
 
 @dataclass(frozen=True)
-class SeriesSize:
+class SeriesSize(Record):
     """getSeriesSize: total bytes (sent as a number, sometimes with a decimal point) and object count."""
 
     total_size_in_bytes: int
@@ -92,7 +105,7 @@ class SeriesSize:
 
 
 @dataclass(frozen=True)
-class SeriesMetadata:
+class SeriesMetadata(Record):
     """A row of getSeriesMetaData (keys with spaces, every value a string, on the live server)."""
 
     series_instance_uid: str
@@ -121,7 +134,7 @@ class SeriesMetadata:
 
 
 @dataclass(frozen=True)
-class ValueCount:
+class ValueCount(Record):
     """A row of a ``get*ValuesAndCounts`` answer: a value and its count of distinct patients.
 
     ``value`` is None for rows counting a missing value (the unversioned API writes it ``""`` or
@@ -135,7 +148,7 @@ class ValueCount:
 
 
 @dataclass(frozen=True)
-class CollectionDescription:
+class CollectionDescription(Record):
     """A row of getCollectionDescriptions: ``description`` is HTML; ``description_uri`` usually a DOI URL."""
 
     collection: str | None
@@ -145,7 +158,7 @@ class CollectionDescription:
 
 
 @dataclass(frozen=True)
-class DicomTag:
+class DicomTag(Record):
     """A row of getDicomTags: ``element`` like ``(0020,000E)`` with one ``>`` per sequence level; ``data``
     None for sequences and binary values."""
 
@@ -156,7 +169,7 @@ class DicomTag:
 
 
 @dataclass(frozen=True)
-class DoiEntry:
+class DoiEntry(Record):
     """A row of getCollectionOrSeriesForDOI: a collection, or with ``series`` one of its series."""
 
     collection: str | None
@@ -166,7 +179,7 @@ class DoiEntry:
 
 
 @dataclass(frozen=True)
-class SearchPatient:
+class SearchPatient(Record):
     """A patient of a simple search (``subject_id`` is the PatientID; ``project`` the collection).
 
     ``authorized`` (v4 only) is False for patients the caller may see but not download.
@@ -183,7 +196,7 @@ class SearchPatient:
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchResult(Record):
     """One page of a simple search: its patients, the total count of patients, and the answer as sent."""
 
     patients: tuple[SearchPatient, ...]
