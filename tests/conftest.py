@@ -25,7 +25,6 @@ def default_config(**overrides: Any) -> ServerConfig:
         "users": {ALICE: ALICE_PASSWORD},
         "restricted": {RESTRICTED: {ALICE}},
         "api_keys": {API_KEY},
-        "auth_era": "spring",  # until the client survives Keycloak-era empty answers
     }
     base.update(overrides)
     return ServerConfig(**base)

@@ -6,6 +6,7 @@ Layout of a cache directory (dirs 0700, files 0600)::
     data/<xx>/<name>.dcm       the instances; <xx> = first two hex digits of sha256(key)
     data/<xx>/<name>.dcm.<random>.part    a download in progress (never under the final name)
     locks/<name>.dcm.lock      per-key flock held while one process downloads that key
+    spill/<random>.spill       an instance larger than the cache bound, served but not kept (see below)
 
 ``<name>`` is the key percent-escaped (SOPInstanceUIDs are dotted digits and pass unchanged); a name longer
 than 200 characters becomes ``%h<sha256>``, which the escaping can never produce.
@@ -14,6 +15,17 @@ Concurrency: one download per key at a time, threads of one process wait for the
 flight), and processes serialise on the key's lock file. Every change to ``data/`` (rename in, evict, clear)
 happens inside an ``BEGIN IMMEDIATE`` transaction on the index, so sqlite's write lock orders them across
 processes and the index and the files agree.
+
+Trust. The directory (and data/, locks/) must belong to the user and not be writable by group or others, else
+ConfigError: a file planted there would be served. A fetch takes a ``check`` that must accept the finished
+download (the tree checks that it is the complete DICOM instance asked for); one it refuses is removed and
+never cached. Keys are the caller's: the tree prefixes SOPInstanceUIDs with a hash of the server's URL.
+
+Space. Before a download the cache evicts least recently used entries until the file system keeps its free
+space floor (``min_free``, default the smaller of ``FREE_FLOOR_FRACTION`` of its size and ``FREE_FLOOR_BYTES``)
+plus the expected size; a write that fails for lack of space evicts and downloads once more; NoSpaceError when
+nothing is left to evict. An instance larger than ``max_bytes`` is written to spill/ instead of data/ and
+removed ``SPILL_KEEP`` seconds later (the caller opens it at once; an open file stays readable).
 
 Hot path: :meth:`InstanceCache.get` and :meth:`InstanceCache.peek` do one ``stat`` (the file name follows
 from the key) and never touch sqlite. ``get`` records the access in memory; the recorded access times and hit
@@ -45,6 +57,7 @@ from urllib.parse import quote, unquote
 
 from nbiafs.errors import CacheError, ConfigError, NoSpaceError, RequestTimeoutError
 from nbiafs.fs.flight import FLIGHT_WAIT, SingleFlight
+from nbiafs.settings import format_size
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +69,16 @@ PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 MAX_NAME = 200
 SCHEMA_VERSION = 1
+SPILL_DIR = "spill"
+SPILL_SUFFIX = ".spill"
+SPILL_KEEP = 60.0
+"""Seconds an instance too large for the cache stays in spill/ for its caller to open."""
+FREE_FLOOR_FRACTION = 0.05
+FREE_FLOOR_BYTES = 1 << 30
+"""The cache never fills its file system past this floor: the smaller of 5 % of its size and 1 GiB stays free."""
+
+Check = Callable[[Path], None]
+"""``check(path)`` raises (BadResponseError) if a finished download must not be cached."""
 
 
 def _disk_error(message: str, exc: OSError) -> CacheError:
@@ -63,6 +86,49 @@ def _disk_error(message: str, exc: OSError) -> CacheError:
     if exc.errno in (ENOSPC, EDQUOT):
         return NoSpaceError(message)
     return CacheError(message)
+
+
+class _NoRoomError(NoSpaceError):
+    """The disk filled up during a download; ``written`` bytes had been written."""
+
+    def __init__(self, message: str, written: int) -> None:
+        super().__init__(message)
+        self.written = written
+
+
+def _write_error(message: str, exc: OSError, tmp: Path) -> CacheError:
+    """_NoRoomError (with the bytes written so far) when the file system is full, else CacheError."""
+    if exc.errno in (ENOSPC, EDQUOT):
+        try:
+            written = tmp.stat().st_size
+        except OSError:
+            written = 0
+        return _NoRoomError(message, written)
+    return CacheError(message)
+
+
+def _disk_usage(path: Path) -> tuple[int, int]:
+    """``(free, total)`` bytes of the file system holding ``path`` (free: what an unprivileged user may use)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def _check_private(path: Path, *, follow: bool) -> None:
+    """ConfigError unless ``path`` is a directory of this user that group and others cannot write."""
+    st = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"cache directory {path} is not a directory (a symbolic link?); remove it")
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = f"belongs to user id {st.st_uid}, not to you"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem is not None:
+        raise ConfigError(
+            f"cache directory {path} {problem}: files planted there would be served as instances. "
+            f"Use a directory of your own (mkdir -m 700), make it private (chmod 700 {path}), "
+            "or choose another with --cache-dir"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +167,8 @@ class InstanceCache:
 
     ``max_bytes`` is the bound this process enforces after each of its fetches (None: no eviction, for
     inspecting a cache; the last bound a process set is recorded in the index and shown by :meth:`info`).
+    ``min_free``: bytes to keep free on the cache's file system (None: the default floor); ``disk_usage``:
+    ``(free, total)`` bytes of the file system holding a path (for tests; default ``os.statvfs``).
     ``wait_timeout`` is how long (seconds) a fetch waits for another thread's or process's download of the
     same key before giving up with RequestTimeoutError. ``flush_interval``: seconds between writes of recorded
     accesses to the index. ``clock``: the time source of access times (seconds since the epoch).
@@ -116,9 +184,16 @@ class InstanceCache:
         wait_timeout: float = FLIGHT_WAIT,
         flush_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        min_free: int | None = None,
+        disk_usage: Callable[[Path], tuple[int, int]] | None = None,
     ) -> None:
         self.directory = Path(directory).expanduser().absolute()
         self.max_bytes = max_bytes
+        self._min_free = min_free
+        self._disk_usage = disk_usage or _disk_usage
+        self._spill = self.directory / SPILL_DIR
+        self._spilled: list[tuple[float, Path]] = []
+        self._spill_lock = threading.Lock()
         self._clock = clock
         self._wait_timeout = wait_timeout
         self._flush_interval = flush_interval
@@ -147,12 +222,13 @@ class InstanceCache:
     # ----------------------------------------------------------------------------------------------- set-up
 
     def _make_dirs(self) -> None:
-        for path in (self.directory, self._data, self._locks):
+        for path in (self.directory, self._data, self._locks, self._spill):
             try:
                 path.mkdir(mode=0o700, parents=path is self.directory)
             except FileExistsError:
                 if not path.is_dir():
                     raise
+                _check_private(path, follow=path is self.directory)
                 continue
             os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
@@ -199,9 +275,10 @@ class InstanceCache:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Write pending access times and hits to the index and close it. The files stay."""
+        """Write pending access times and hits to the index and close it. The files stay (spilled ones go)."""
         if self._closed:
             return
+        self._drop_spilled(everything=True)
         with self._pending_lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -308,16 +385,26 @@ class InstanceCache:
 
     # --------------------------------------------------------------------------------------------- fetch
 
-    def fetch(self, key: str, download: Callable[[BinaryIO], int]) -> Path:
+    def fetch(
+        self,
+        key: str,
+        download: Callable[[BinaryIO], int],
+        *,
+        expected: int = 0,
+        check: Check | None = None,
+    ) -> Path:
         """The cached file of ``key``, calling ``download(out)`` to write it first if it is not cached.
+
+        ``expected``: the size the download probably has (room is made for it first); ``check(path)`` must
+        accept the finished download (whatever it raises is raised; the file is removed, never cached).
 
         One download per key at a time across threads and processes; the others wait (at most
         ``wait_timeout`` seconds, then RequestTimeoutError) and share its result or its error. Whatever
         ``download`` raises is raised unchanged (an OSError, e.g. from writing to ``out``, as CacheError) and
         leaves no file behind; CacheError if the disk fails, NoSpaceError (a CacheError) if it is full.
-        Afterwards least recently used entries are evicted until the cache is within ``max_bytes``, except
-        that an entry larger than ``max_bytes`` on its own is kept (alone) until the next fetch evicts it, so
-        the caller can open it.
+        Afterwards least recently used entries are evicted until the cache is within ``max_bytes``. A file
+        larger than ``max_bytes`` is not cached: the path returned is in spill/, removed ``SPILL_KEEP``
+        seconds later, so the caller must open it at once.
         """
         path = self.get(key)
         if path is not None:
@@ -327,16 +414,19 @@ class InstanceCache:
         def lead() -> Path:
             nonlocal led
             led = True
-            return self._fetch_as_leader(key, download)
+            return self._fetch_as_leader(key, download, expected, check)
 
         path = self._flights.run(key, lead, self._wait_timeout)
         if not led:
             self._touch(key)  # another thread's download served this one: a hit
         return path
 
-    def _fetch_as_leader(self, key: str, download: Callable[[BinaryIO], int]) -> Path:
+    def _fetch_as_leader(
+        self, key: str, download: Callable[[BinaryIO], int], expected: int, check: Check | None
+    ) -> Path:
         final = self.path_for(key)
         name = final.name
+        self._drop_spilled()
         try:
             lock_fd = self._lock_key(name)
         except OSError as exc:
@@ -345,44 +435,144 @@ class InstanceCache:
             if os.path.isfile(final):  # another process downloaded it while we waited for the lock
                 self._touch(key)
                 return final
+            self._make_room(expected)
             try:
-                final.parent.mkdir(mode=0o700, exist_ok=True)
-                self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
-                fd, tmp_name = tempfile.mkstemp(prefix=name + ".", suffix=PART_SUFFIX, dir=final.parent)
-            except OSError as exc:
-                raise _disk_error(f"cannot write to {final.parent}: {exc}", exc) from exc
-            tmp = Path(tmp_name)
-            done = False
-            try:
-                out = os.fdopen(fd, "wb")
-                try:
-                    written = download(out)  # whatever it raises goes to the caller unchanged
-                    out.flush()
-                    os.fsync(out.fileno())
-                    size = os.fstat(out.fileno()).st_size
-                    out.close()
-                except OSError as exc:
-                    raise _disk_error(f"cannot write {tmp}: {exc}", exc) from exc
-                finally:
-                    with contextlib.suppress(OSError):
-                        out.close()
-                if written != size:
-                    log.warning("download of %s reported %d bytes but wrote %d", key, written, size)
-                try:
-                    self._commit(key, tmp, final, size)
-                except OSError as exc:
-                    raise _disk_error(f"cannot cache {key}: {exc}", exc) from exc
-                except sqlite3.Error as exc:
-                    raise CacheError(f"cannot update the cache index for {key}: {exc}") from exc
-                done = True
-            finally:
-                if not done:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-            log.debug("cached %s (%d bytes)", key, size)
-            return final
+                return self._download(key, final, download, check)
+            except _NoRoomError as full:
+                # The file system filled up under us: evict what the download needed, and try once more.
+                needed = max(expected, full.written, 1)
+                if self._evict_bytes(needed) < needed:
+                    raise NoSpaceError(f"{full.message}; nothing left in the cache to evict") from None
+                log.info("cache disk full while writing %s; evicted %d bytes, downloading again", key, needed)
+                return self._download(key, final, download, check)
         finally:
             self._unlock_key(name, lock_fd)
+
+    def _download(
+        self, key: str, final: Path, download: Callable[[BinaryIO], int], check: Check | None
+    ) -> Path:
+        """One download into a temporary file, checked, then renamed into place (or into spill/)."""
+        try:
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
+            fd, tmp_name = tempfile.mkstemp(prefix=final.name + ".", suffix=PART_SUFFIX, dir=final.parent)
+        except OSError as exc:
+            raise _disk_error(f"cannot write to {final.parent}: {exc}", exc) from exc
+        tmp = Path(tmp_name)
+        done = False
+        try:
+            out = os.fdopen(fd, "wb")
+            try:
+                written = download(out)  # whatever it raises goes to the caller unchanged
+                out.flush()
+                os.fsync(out.fileno())
+                size = os.fstat(out.fileno()).st_size
+                out.close()
+            except OSError as exc:
+                raise _write_error(f"cannot write {tmp}: {exc}", exc, tmp) from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    out.close()
+            if written != size:
+                log.warning("download of %s reported %d bytes but wrote %d", key, written, size)
+            if check is not None:
+                try:
+                    check(tmp)
+                except Exception as exc:
+                    log.warning("download of %s refused, not cached: %s", key, exc)
+                    raise
+            if self.max_bytes is not None and size > self.max_bytes:
+                spilled = self._spill_file(key, tmp, size)
+                done = True
+                return spilled
+            try:
+                self._commit(key, tmp, final, size)
+            except OSError as exc:
+                raise _write_error(f"cannot cache {key}: {exc}", exc, tmp) from exc
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot update the cache index for {key}: {exc}") from exc
+            done = True
+        finally:
+            if not done:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        log.debug("cached %s (%d bytes)", key, size)
+        return final
+
+    # ------------------------------------------------------------------------------------------- space
+
+    def free_floor(self) -> int:
+        """Bytes kept free on the cache's file system."""
+        if self._min_free is not None:
+            return self._min_free
+        _free, total = self._disk_usage(self.directory)
+        return min(int(total * FREE_FLOOR_FRACTION), FREE_FLOOR_BYTES)
+
+    def _make_room(self, expected: int) -> None:
+        """Evict until ``expected`` more bytes leave the free-space floor intact; NoSpaceError if impossible."""
+        try:
+            free, _total = self._disk_usage(self.directory)
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", self.directory, exc)
+            return
+        floor = self.free_floor()
+        need = floor + max(0, expected) - free
+        if need <= 0:
+            return
+        freed = self._evict_bytes(need)
+        if freed < need:
+            raise NoSpaceError(
+                f"the cache's file system has {format_size(free + freed)} free, and keeps "
+                f"{format_size(floor)} free (its floor); nothing left in {self.directory} to evict"
+            )
+        log.info("evicted %s to keep the cache's file system %s free", format_size(freed), format_size(floor))
+
+    def _evict_bytes(self, nbytes: int) -> int:
+        """Evict least recently used entries totalling at least ``nbytes`` if there are that many; returns
+        the bytes evicted."""
+        atimes, hits, total = self._take_pending()
+        freed = 0
+        try:
+            with self._transaction() as conn:
+                self._apply_touches(conn, atimes, hits, total)
+                while freed < nbytes:
+                    rows = conn.execute("SELECT key, size FROM entries ORDER BY atime LIMIT 64").fetchall()
+                    if not rows:
+                        break
+                    for key, size in rows:
+                        if freed >= nbytes:
+                            break
+                        conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+                        self._unlink(self.path_for(key))
+                        freed += size
+                        log.debug("evicted %s (%d bytes) for space", key, size)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot update the cache index in {self.directory}: {exc}") from exc
+        return freed
+
+    def _spill_file(self, key: str, tmp: Path, size: int) -> Path:
+        """Move a download larger than the cache bound to spill/, to be removed after ``SPILL_KEEP`` s."""
+        fd, name = tempfile.mkstemp(suffix=SPILL_SUFFIX, dir=self._spill)
+        os.close(fd)
+        spilled = Path(name)
+        os.replace(tmp, spilled)
+        with self._spill_lock:
+            self._spilled.append((time.monotonic(), spilled))
+        log.info(
+            "%s (%s) is larger than the cache (%s): served, not kept",
+            key,
+            format_size(size),
+            format_size(self.max_bytes or 0),
+        )
+        return spilled
+
+    def _drop_spilled(self, everything: bool = False) -> None:
+        cutoff = time.monotonic() - SPILL_KEEP
+        with self._spill_lock:
+            old = [p for t, p in self._spilled if everything or t < cutoff]
+            self._spilled = [(t, p) for t, p in self._spilled if not (everything or t < cutoff)]
+        for path in old:
+            self._unlink(path)
 
     def _commit(self, key: str, tmp: Path, final: Path, size: int) -> None:
         """Rename the finished download into place, index it, count a miss and evict, in one transaction."""
@@ -575,7 +765,13 @@ class InstanceCache:
             raise CacheError(f"cannot check cache {self.directory}: {exc}") from exc
 
     def _remove_stale_files(self) -> None:
-        """Remove partial downloads and lock files nobody holds a lock on (left by crashed processes)."""
+        """Remove partial downloads and lock files nobody holds a lock on (left by crashed processes), and
+        spilled files older than ``SPILL_KEEP``."""
+        cutoff = time.time() - SPILL_KEEP
+        with os.scandir(self._spill) as spilled:
+            for entry in spilled:
+                if entry.name.endswith(SPILL_SUFFIX) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    self._unlink(Path(entry.path))
         parts: list[Path] = []
         with os.scandir(self._data) as shards:
             for shard in shards:

@@ -159,6 +159,21 @@ class MetaStore:
         except sqlite3.Error as exc:
             log.warning("metadata store write failed (%s); %r not persisted", exc, key)
 
+    def list_keys(self) -> list[str]:
+        """The keys of this namespace (without the namespace); [] when the store cannot be read."""
+        if not self.namespace:
+            return []
+        prefix = self.namespace + _SEP
+        try:
+            with self._db.lock:
+                rows = self._db.conn.execute(
+                    "SELECT key FROM listings WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
+                ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("metadata store read failed: %s", exc)
+            return []
+        return [str(row[0])[len(prefix) :] for row in rows]
+
     def delete(self, key: str) -> None:
         """Forget ``key`` (no error if absent)."""
         try:

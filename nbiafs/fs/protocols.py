@@ -16,6 +16,9 @@ from nbiafs.api.records import Patient, Series, Study
 Writer = Callable[[BinaryIO], int]
 """``download(out) -> bytes written``: writes one instance to ``out``."""
 
+Check = Callable[[Path], None]
+"""``check(path)``: raises (BadResponseError) if a finished download must not be cached."""
+
 
 class ArchiveClient(Protocol):
     """The metadata and image requests of one server and account.
@@ -27,6 +30,11 @@ class ArchiveClient(Protocol):
     @property
     def scope(self) -> str:
         """What separates this client's view of the archive from others' (server URL and account)."""
+        ...
+
+    def renew_token(self) -> bool:
+        """Get a new token now (an empty answer looked like a dead token's). False when there is no token
+        (anonymous or API key), True once a new one is in use."""
         ...
 
     def collections(self) -> Sequence[str]:
@@ -61,7 +69,8 @@ class ArchiveClient(Protocol):
 
 
 class InstanceStore(Protocol):
-    """A disk cache of instance files keyed by SOPInstanceUID, with single flight per key."""
+    """A disk cache of instance files by key (the tree's keys: server hash and SOPInstanceUID), with single
+    flight per key."""
 
     @property
     def max_bytes(self) -> int | None:
@@ -76,10 +85,12 @@ class InstanceStore(Protocol):
         """The cached file of ``key`` (a hit counted), or None."""
         ...
 
-    def fetch(self, key: str, download: Writer) -> Path:
+    def fetch(self, key: str, download: Writer, *, expected: int = 0, check: Check | None = None) -> Path:
         """The cached file of ``key``, calling ``download`` (once across threads) if it is not cached.
 
-        Raises what ``download`` raises, RequestTimeoutError after waiting too long for another download,
+        ``expected``: the probable size (room is made for it); ``check(path)`` must accept the download or it
+        is not cached. A file larger than ``max_bytes`` is returned but not kept: open it at once.
+        Raises what ``download`` and ``check`` raise, RequestTimeoutError after waiting too long for another download,
         CacheError (NoSpaceError when the disk is full) when the file cannot be written.
         """
         ...

@@ -17,17 +17,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
 
 from cachetools import LRUCache
 
 from nbiafs.errors import NbiaError
-from nbiafs.fs.protocols import InstanceStore
 
 log = logging.getLogger(__name__)
 
-Download = Callable[[str, str, BinaryIO], int]
-"""``download(series_uid, sop_uid, out) -> bytes written``."""
+Fetch = Callable[[str, str], object]
+"""``fetch(series_uid, sop_uid)``: bring one instance into the disk cache."""
+Cached = Callable[[str], bool]
+"""``cached(sop_uid)``: whether the disk cache holds the instance."""
 
 WORKERS = 6
 """Read-ahead downloads at once (per tree)."""
@@ -45,16 +45,16 @@ class ReadAhead:
 
     def __init__(
         self,
-        cache: InstanceStore,
-        download: Download,
+        fetch: Fetch,
+        cached: Cached,
         *,
         window: int,
         workers: int = WORKERS,
         max_bytes: int | None = None,
     ) -> None:
         self.window = max(0, window)
-        self._cache = cache
-        self._download = download
+        self._fetch_one = fetch
+        self._cached = cached
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         # series UID -> (index of the last instance the reader opened, highest index scheduled so far)
@@ -87,17 +87,17 @@ class ReadAhead:
             end = min(len(sop_uids), index + 1 + window)
             self._positions[series_uid] = (index, max(scheduled, end - 1))
         for sop_uid in sop_uids[start:end]:
-            if self._cache.peek(sop_uid) is None:
+            if not self._cached(sop_uid):
                 try:
                     self._pool.submit(self._fetch, series_uid, sop_uid)
                 except RuntimeError:  # shut down meanwhile
                     return
 
     def _fetch(self, series_uid: str, sop_uid: str) -> None:
-        if self._closed or self._cache.peek(sop_uid) is not None:
+        if self._closed or self._cached(sop_uid):
             return
         try:
-            self._cache.fetch(sop_uid, lambda out: self._download(series_uid, sop_uid, out))
+            self._fetch_one(series_uid, sop_uid)
         except NbiaError as exc:  # the reader's own open will meet (and report) the same error
             log.debug("read-ahead of %s failed: %s", sop_uid, exc)
         except Exception:

@@ -30,12 +30,21 @@ Sizes and times. Directories have size 0. An instance's size is exact when the d
 clock: a series (and its instances) uses its release date (DateReleased, else TimeStamp), else its SeriesDate,
 else its study's StudyDate; a study its StudyDate; the root, collections, patients and anything without a
 date use the Unix epoch. Dates carry no time zone and are read as UTC.
+
+Offline (:mod:`nbiafs.fs.offline`). When the server cannot be reached the tree serves every listing it holds
+(memory or disk, whatever its age), answers a name missing from a held listing with NotFoundError at once, and
+raises UnavailableError at once for a listing or an instance never cached; a background probe brings it back.
+
+Instances are cached under ``<hash of the server's API URL>_<SOPInstanceUID>`` (two mounts of one server share
+them, another server cannot supply them) and only once :func:`~nbiafs.fs.dicomcheck.check_instance` accepts
+the download as the complete DICOM instance asked for.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -49,10 +58,12 @@ from typing import Any, BinaryIO, TypeVar
 from cachetools import TLRUCache, TTLCache
 
 from nbiafs.api.records import Patient, Series, Study
-from nbiafs.errors import NotFoundError
+from nbiafs.errors import NotFoundError, UnavailableError
 from nbiafs.fs import names
+from nbiafs.fs.dicomcheck import check_instance
 from nbiafs.fs.listing_store import MetaStore
 from nbiafs.fs.listings import Listing, ListingCache, remember
+from nbiafs.fs.offline import PROBE_INTERVAL, Connectivity
 from nbiafs.fs.protocols import ArchiveClient, InstanceStore
 from nbiafs.fs.readahead import ReadAhead
 from nbiafs.settings import TreeSettings
@@ -68,6 +79,7 @@ XATTR_PREFIX = "user.nbia."
 _MEMORY_DIRS = 250_000  # directory entries kept in memory across all derived directories
 _NEGATIVE_MAX = 100_000
 _EPOCH = 0.0
+_STALE_DIR_KEEP = 5.0  # seconds a directory built from an expired (offline) listing is kept in memory
 
 _R = TypeVar("_R", Study, Series)
 
@@ -112,6 +124,7 @@ class _Dir:
     fetched_at: float
     expires: float
     refreshable: bool = True  # whether re-listing can reveal a missing name (False for filter-built dirs)
+    stale: bool = False  # built from an expired listing (served while offline): rebuilt once back online
     # A series directory's instances in readdir order, and each name's index there (for read-ahead).
     sop_uids: tuple[str, ...] = ()
     positions: dict[str, int] | None = None
@@ -183,7 +196,8 @@ class ArchiveTree:
     """Paths to nodes, listings, xattrs and instance files, resolved on demand. Thread-safe.
 
     ``store`` keeps listings on disk across mounts (None: memory only); the tree scopes it by the client's
-    server and user. ``clock`` is the time source (seconds since the epoch) for listing ages and TTLs.
+    server and user. ``clock`` is the time source (seconds since the epoch) for listing ages and TTLs;
+    ``probe_interval`` the seconds between probes of an unreachable server.
     Every method raises :class:`~nbiafs.errors.NotFoundError` for a path that does not exist (or is not a
     directory, for :meth:`listdir`; or not an instance, for :meth:`open_instance`), and lets the client's
     other :class:`~nbiafs.errors.NbiaError` (server down, timeout, access denied) through.
@@ -197,12 +211,23 @@ class ArchiveTree:
         settings: TreeSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         self.settings = settings or TreeSettings()
         self._client = client
         self._cache = cache
         self._clock = clock
-        self._listings = ListingCache(client, store, ttl=self.settings.listing_ttl, clock=clock)
+        self.connectivity = Connectivity(client.collections, interval=probe_interval)
+        self._listings = ListingCache(
+            client,
+            store,
+            ttl=self.settings.listing_ttl,
+            negative_ttl=self.settings.negative_ttl,
+            clock=clock,
+            connectivity=self.connectivity,
+        )
+        server = client.scope.split("|", 1)[0]  # "<api url>|<user>": instances depend on the server only
+        self._server_key = hashlib.sha256(server.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         self._lock = threading.Lock()
         self._dirs: TLRUCache[tuple[str, ...], _Dir] = TLRUCache(
             maxsize=_MEMORY_DIRS,
@@ -217,15 +242,20 @@ class ArchiveTree:
         self._wanted = None if wanted is None else {c.casefold() for c in wanted}
         bound = cache.max_bytes
         self._readahead = ReadAhead(
-            cache,
-            client.download_instance,
+            self._prefetch,
+            lambda sop: cache.peek(self.instance_key(sop)) is not None,
             window=self.settings.readahead,
             max_bytes=bound // 4 if bound else None,
         )
 
     def close(self) -> None:
-        """Stop read-ahead (downloads under way finish or time out). The tree is unusable afterwards."""
+        """Stop read-ahead (downloads under way finish or time out) and probing. Unusable afterwards."""
+        self.connectivity.close()
         self._readahead.close()
+
+    def instance_key(self, sop_uid: str) -> str:
+        """The instance cache's key of ``sop_uid`` on this server."""
+        return f"{self._server_key}_{sop_uid}"
 
     # --- public API ---------------------------------------------------------------------------------------
 
@@ -233,7 +263,7 @@ class ArchiveTree:
         """The node at ``path``. Lists each parent directory on the path (cached) and nothing else."""
         entry = self._resolve(path)
         if entry.kind == "instance":
-            exact = self._cache.peek(entry.sop_uid)
+            exact = self._cache.peek(self.instance_key(entry.sop_uid))
             if exact is not None:
                 return Node(entry.kind, entry.name, False, exact, True, entry.mtime)
             return Node(entry.kind, entry.name, False, _estimate(entry.series), False, entry.mtime)
@@ -289,31 +319,46 @@ class ArchiveTree:
         return out
 
     def open_instance(self, path: str) -> tuple[Path, bool]:
-        """The local cached file of the instance at ``path`` and whether it was downloaded by this call.
+        """The local file of the instance at ``path`` and whether it was downloaded by this call.
 
-        Downloads it (getSingleImage, one download however many threads open it) if not cached. NotFoundError
-        if ``path`` is not an instance; AccessDeniedError if the server refuses it; CacheError (NoSpaceError
-        for a full disk) if it cannot be cached; other client errors pass.
+        Downloads it (getSingleImage, one download however many threads open it) if not cached; a cached one
+        needs no request (its path resolves through listings served whatever their age while offline). The
+        file returned for an instance larger than the cache is not kept: open it at once. NotFoundError if
+        ``path`` is not an instance; AccessDeniedError if the server refuses it; BadResponseError if the
+        answer is not the complete DICOM instance asked for; UnavailableError at once while offline;
+        CacheError (NoSpaceError for a full disk) if it cannot be cached; other client errors pass.
         """
         parts = _split(path)
         entry = self._resolve_parts(parts)
         if entry.kind != "instance":
             raise NotFoundError(f"not an instance: {path}")
         self._note_open(tuple(parts[:-1]), entry)
-        cached = self._cache.get(entry.sop_uid)
+        cached = self._cache.get(self.instance_key(entry.sop_uid))
         if cached is not None:
             return cached, False
+        if not self.connectivity.online:
+            raise UnavailableError(f"offline, and {path} is not in the cache")
+        return self._fetch(entry.series_uid, entry.sop_uid, _estimate(entry.series))
+
+    def _fetch(self, series_uid: str, sop_uid: str, expected: int) -> tuple[Path, bool]:
         fetched = False
-        series_uid, sop_uid = entry.series_uid, entry.sop_uid
 
         def download(out: BinaryIO) -> int:
             nonlocal fetched
             fetched = True
             log.debug("downloading instance %s of series %s", sop_uid, series_uid)
-            return self._client.download_instance(series_uid, sop_uid, out)
+            return self.connectivity.call(lambda: self._client.download_instance(series_uid, sop_uid, out))
 
-        local = self._cache.fetch(sop_uid, download)
+        def check(local: Path) -> None:
+            check_instance(local, sop_uid)
+
+        local = self._cache.fetch(self.instance_key(sop_uid), download, expected=expected, check=check)
         return local, fetched
+
+    def _prefetch(self, series_uid: str, sop_uid: str) -> None:
+        """Read-ahead's fetch: nothing while offline."""
+        if self.connectivity.online:
+            self._fetch(series_uid, sop_uid, 0)
 
     def _note_open(self, series_parts: tuple[str, ...], entry: _Entry) -> None:
         """Tell read-ahead which instance of its series (in readdir order) is being opened."""
@@ -352,11 +397,16 @@ class ArchiveTree:
         if known_missing:
             raise NotFoundError(f"no such entry: {where}")
         now = self._clock()
-        if listing.refreshable and now - listing.fetched_at >= self.settings.negative_ttl:
+        old = now - listing.fetched_at >= self.settings.negative_ttl
+        if listing.refreshable and old and self.connectivity.online:
             log.debug(
                 "%s not in a listing fetched %.0f s ago; listing again", where, now - listing.fetched_at
             )
-            fresh = self._dir(parent, entry, fresh_after=now)
+            try:
+                fresh = self._dir(parent, entry, fresh_after=now)
+            except UnavailableError as exc:  # offline now: the listing held is the answer
+                log.debug("%s: cannot list again (%s); not found", where, exc)
+                raise NotFoundError(f"no such entry: {where}") from None
             child = fresh.entries.get(part)
             if child is not None:
                 return child
@@ -367,7 +417,8 @@ class ArchiveTree:
     def _dir(self, parts: tuple[str, ...], entry: _Entry, fresh_after: float = -math.inf) -> _Dir:
         with self._lock:
             cached = self._dirs.get(parts)
-        if cached is not None and cached.fetched_at >= fresh_after:
+        fresh = cached is not None and cached.fetched_at >= fresh_after
+        if cached is not None and fresh and not (cached.stale and self.connectivity.online):
             return cached
         built = self._build(entry, fresh_after)
         with self._lock:
@@ -401,12 +452,17 @@ class ArchiveTree:
         for key, (_name, child) in wanted.items():
             name = final[key]
             entries[name] = child if child.name == name else replace(child, name=name)
+        ttl = self.settings.listing_ttl if entries else self.settings.negative_ttl
+        # A directory built from an expired listing (served while offline) is kept a few seconds.
+        now = self._clock()
+        expires = max(fetched_at + ttl, now + min(_STALE_DIR_KEEP, ttl))
         return _Dir(
             entries=entries,
             names=tuple(sorted(entries)),
             fetched_at=fetched_at,
-            expires=fetched_at + self.settings.listing_ttl,
+            expires=expires,
             refreshable=refreshable,
+            stale=fetched_at + ttl <= now,
         )
 
     def _make_named_dir(
@@ -463,7 +519,12 @@ class ArchiveTree:
             if self._wants_collection(collection):
                 child = _Entry(kind="collection", name=names.safe_name(collection), collection=collection)
                 wanted[collection] = (child.name, child)
-        return self._make_dir(wanted, fetched_at, refreshable=filtered is None)
+        root = self._make_dir(wanted, fetched_at, refreshable=filtered is None)
+        # Directories below collections the root no longer lists are unreachable: forget them.
+        with self._lock:
+            for key in [k for k in self._dirs if k and k[0] not in root.entries]:
+                self._dirs.pop(key, None)
+        return root
 
     def _build_collection(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection = entry.collection
@@ -477,7 +538,8 @@ class ArchiveTree:
                 for p in ids
             ]
         else:
-            answer = self._listings.patients(collection, fresh_after)
+            # A collection getCollectionValues lists has patients: an empty answer is doubtful.
+            answer = self._listings.patients(collection, fresh_after, expect_rows=True)
             fetched_at = answer.fetched_at
             patients = [p for p in answer.rows if _same(p.collection, collection)]
         wanted: dict[str, tuple[str, _Entry]] = {}
@@ -496,7 +558,7 @@ class ArchiveTree:
 
     def _build_patient(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection, patient_id = entry.collection, entry.patient_id
-        answer = self._listings.studies(collection, patient_id, fresh_after)
+        answer = self._listings.studies(collection, patient_id, fresh_after, expect_rows=True)
         fetched_at = answer.fetched_at
         studies = [
             s for s in answer.rows if _same(s.patient_id, patient_id) and _same(s.collection, collection)
@@ -526,7 +588,11 @@ class ArchiveTree:
 
     def _build_study(self, entry: _Entry, fresh_after: float) -> _Dir:
         collection, patient_id, study_uid = entry.collection, entry.patient_id, entry.study_uid
-        answer = self._filtered(fresh_after) or self._listings.series(collection, patient_id, fresh_after)
+        study = entry.record if isinstance(entry.record, Study) else None
+        expect = study is not None and (study.series_count or 0) > 0
+        answer = self._filtered(fresh_after) or self._listings.series(
+            collection, patient_id, fresh_after, expect_rows=expect
+        )
         series_list = [
             s
             for s in answer.rows
@@ -559,7 +625,8 @@ class ArchiveTree:
 
     def _build_series(self, entry: _Entry, fresh_after: float) -> _Dir:
         series_uid = entry.series_uid
-        answer = self._listings.sop_instance_uids(series_uid, fresh_after)
+        expect = entry.series is not None and (entry.series.image_count or 0) > 0
+        answer = self._listings.sop_instance_uids(series_uid, fresh_after, expect_rows=expect)
         wanted: dict[str, tuple[str, _Entry]] = {}
         for sop in answer.rows:
             if not sop or sop in wanted:

@@ -117,7 +117,8 @@ def test_401_after_refresh_is_access_denied(make_server: MakeServer) -> None:
 
 
 def test_logout_invalidates_the_token(make_server: MakeServer) -> None:
-    srv = make_server()
+    # Spring era: logout (GET) removes the access token. (Keycloak era: see the next test.)
+    srv = make_server(auth_era="spring")
     client = v2_client(srv, Credentials(ALICE, ALICE_PASSWORD))
     assert client.collections()
     assert client.tokens is not None
@@ -166,3 +167,15 @@ def test_secrets_never_logged(make_server: MakeServer, caplog: pytest.LogCapture
     assert ALICE_PASSWORD not in text
     for token in seen_tokens:
         assert token not in text
+
+
+def test_keycloak_logout_is_a_post_and_the_session_survives(make_server: MakeServer) -> None:
+    # Keycloak era (production): logout is POST only and NBIA relays no refresh token, so the session
+    # outlives it (facts §2); the client still says goodbye, once, and never by GET.
+    srv = make_server(auth_era="keycloak")
+    client = v2_client(srv, Credentials(ALICE, ALICE_PASSWORD))
+    assert client.collections()
+    client.close()
+    settle(srv)
+    logouts = [r for r in srv.requests if r.endpoint == "logout"]
+    assert [r.method for r in logouts] == ["POST"]

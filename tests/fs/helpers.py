@@ -85,3 +85,40 @@ def stored(store: MetaStore, key: str, max_age: float = 60.0) -> tuple[float, An
     got = store.get(key, max_age)
     assert got is not None, f"{key!r} is not stored"
     return got
+
+
+def dicom_bytes(sop_uid: str, pixels: int = 512, *, implicit: bool = False, undefined: bool = False) -> bytes:
+    """A small complete DICOM file (preamble, file meta, a sequence, ``pixels`` bytes of pixel data).
+
+    ``implicit``: implicit VR little endian (else explicit); ``undefined``: the sequence and its item written
+    with undefined lengths.
+    """
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = sop_uid
+    ds.PatientID = "P"
+    item = Dataset()
+    item.CodeValue = "1"
+    ds.ReferencedImageSequence = Sequence([item])
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, max(1, pixels), 8, 8, 7
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+    ds.PixelData = b"\x01" * (pixels + pixels % 2)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    if undefined:
+        ds["ReferencedImageSequence"].is_undefined_length = True
+        for it in ds.ReferencedImageSequence:
+            it.is_undefined_length_sequence_item = True
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -82,15 +82,24 @@ def test_lru_order_and_bound(tmp_path: Path) -> None:
         assert info.entries == 2
 
 
-def test_entry_larger_than_the_bound_is_returned_then_evicted(cache: InstanceCache) -> None:
+def test_entry_larger_than_the_bound_is_served_not_kept(
+    cache: InstanceCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbiafs.fs.instance_cache as module
+
     cache.fetch(UID.format(1), writer(b"s" * 100))
     big = cache.fetch(UID.format(2), writer(b"B" * 5000))
-    assert big.read_bytes() == b"B" * 5000  # the caller gets it
-    assert cache.peek(UID.format(1)) is None  # everything else went
-    assert cache.info().entries == 1
-    cache.fetch(UID.format(3), writer(b"t" * 10))  # the next fetch evicts it
-    assert cache.peek(UID.format(2)) is None
-    assert cache.info().total_bytes == 10
+    with open(big, "rb") as opened:  # the caller opens it at once, as the FUSE adapter does
+        assert opened.read() == b"B" * 5000
+        assert big.parent.name == "spill" and not big.name.endswith(".dcm")
+        assert cache.peek(UID.format(2)) is None  # never cached
+        assert cache.peek(UID.format(1)) == 100  # nothing else was evicted for it
+        assert cache.info().entries == 1
+        monkeypatch.setattr(module, "SPILL_KEEP", 0.0)
+        cache.fetch(UID.format(3), writer(b"t" * 10))  # the next fetch removes the spilled file
+        assert not big.exists()
+        assert opened.read() == b"" and os.pread(opened.fileno(), 4, 0) == b"BBBB"  # still readable
+    assert cache.info().total_bytes == 110
 
 
 def test_persistence_across_instances(tmp_path: Path) -> None:

@@ -46,7 +46,11 @@ def make(cache: InstanceCache) -> Iterator[Make]:
 
     def factory(*, delay: float = 0.0, fail: bool = False, **options: Any) -> tuple[ReadAhead, Downloads]:
         downloads = Downloads(delay=delay, fail=fail)
-        ahead = ReadAhead(cache, downloads, **options)
+        ahead = ReadAhead(
+            lambda series, sop: cache.fetch(sop, lambda out: downloads(series, sop, out)),
+            lambda sop: cache.peek(sop) is not None,
+            **options,
+        )
         made.append(ahead)
         return ahead, downloads
 
