@@ -33,7 +33,8 @@ class ClientSettings:
     fewer than ``min_rate`` bytes per second on average over ``timeout`` seconds is abandoned (a trickle).
     ``connect_timeout``: seconds to wait for a connection (at most ``timeout``). ``retries``: retries of one
     request (429/5xx, cut bodies); ``connect_retries``: of a connection that failed (refused, dropped).
-    ``pool_size``: connections at most, shared by all threads. ``backoff``: urllib3's back-off factor in
+    ``max_connections``: connections to the server at most, shared by every thread of the process (gentle
+    to a shared public server; extra requests wait for a free one). ``backoff``: urllib3's back-off factor in
     seconds. ``max_answer_bytes``: the largest metadata answer accepted (bytes; instances have no limit).
     """
 
@@ -41,7 +42,7 @@ class ClientSettings:
     connect_timeout: float = 5.0
     retries: int = 5
     connect_retries: int = 1
-    pool_size: int = 16
+    max_connections: int = 8
     backoff: float = 0.5
     min_rate: int = 4096
     max_answer_bytes: int = 64 << 20
@@ -53,8 +54,8 @@ class ClientSettings:
             raise ConfigError(f"retries must be 0 or more, not {min(self.retries, self.connect_retries)}")
         if self.connect_timeout <= 0:
             raise ConfigError(f"the connect timeout must be positive, not {self.connect_timeout}")
-        if self.pool_size < 1:
-            raise ConfigError(f"the connection pool needs at least 1 connection, not {self.pool_size}")
+        if self.max_connections < 1:
+            raise ConfigError(f"the connection pool needs at least 1 connection, not {self.max_connections}")
 
 
 @dataclass(frozen=True)

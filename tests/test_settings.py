@@ -45,7 +45,7 @@ def test_settings_refuse_nonsense() -> None:
     with pytest.raises(ConfigError):
         ClientSettings(retries=-1)
     with pytest.raises(ConfigError):
-        ClientSettings(pool_size=0)
+        ClientSettings(max_connections=0)
     with pytest.raises(ConfigError):
         TreeSettings(layout="flat")
     with pytest.raises(ConfigError):

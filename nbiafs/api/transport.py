@@ -1,6 +1,6 @@
 """``Transport``: HTTP for one NBIA server: a pooled session, retries, deadlines, auth headers, errors by meaning.
 
-One ``requests.Session`` with a bounded urllib3 pool (``pool_block=True``: at most ``pool_size`` connections,
+One ``requests.Session`` with a bounded urllib3 pool (``pool_block=True``: at most ``max_connections`` connections,
 extra threads wait) and urllib3 ``Retry`` (429/500/502/503/504 and connection errors, exponential back-off,
 ``Retry-After`` respected). Bodies cut mid-way are fetched again within the same retry budget. Every failure is
 raised as a :mod:`nbiafs.errors` type. Thread-safe.
@@ -214,7 +214,7 @@ class Transport:
         )
         retry.final = final
         adapter = HTTPAdapter(
-            pool_connections=4, pool_maxsize=settings.pool_size, max_retries=retry, pool_block=True
+            pool_connections=4, pool_maxsize=settings.max_connections, max_retries=retry, pool_block=True
         )
         session = requests.Session()
         session.mount("http://", adapter)

@@ -85,7 +85,7 @@ def test_expired_refresh_token_leads_to_a_new_login(make_server: MakeServer) -> 
 def test_forced_401_is_answered_by_exactly_one_refresh(make_server: MakeServer) -> None:
     srv = make_server()
     threads = 10
-    with v2_client(srv, pool_size=threads) as client:
+    with v2_client(srv, max_connections=threads) as client:
         assert client.collections()
         srv.revoke_tokens()
         before = len(token_records(srv))
