@@ -3,7 +3,9 @@
 
 The form holds criteria ``criteriaType<i>`` with ``value<i>`` (or ``fromDate<i>``/``toDate<i>``,
 ``from<i>``/``to<i>``), i = 0, 1, ... without gaps; repeats of one type are alternatives; unknown types are
-ignored. ``sortField``, ``sortDirection``, ``start`` and ``size`` are required (missing: 500). Counts are
+ignored. ``MinNumberOfStudiesCriteria`` (a number) and ``ModalityAndedSearchCriteria`` (``all``: every
+requested modality, not any) act on the patient, as the GUI's and tcia_utils' searches use them.
+``sortField``, ``sortDirection``, ``start`` and ``size`` are required (missing: 500). Counts are
 patients. The unversioned API searches what the caller may see; v4 searches everything and marks what the
 caller may not download ``authorized: 0``.
 """
@@ -93,6 +95,8 @@ class Criteria:
         self.species: list[str] = []
         self.dates: list[tuple[dt.datetime, dt.datetime]] = []
         self.ages: list[tuple[int, int]] = []
+        self.min_studies: int | None = None
+        self.modalities_anded = False
         i = 0
         while (kind := _one(form, f"criteriaType{i}")) is not None:
             key = kind.lower()
@@ -109,6 +113,10 @@ class Criteria:
                 self.dates.append((start, end))
             elif key == "patientagerangecriteria":
                 self.ages.append((_int(_one(form, f"from{i}")), _int(_one(form, f"to{i}"))))
+            elif key == "minnumberofstudiescriteria":
+                self.min_studies = _int(value)  # new Integer(value): a non-number is a 500
+            elif key == "modalityandedsearchcriteria":
+                self.modalities_anded = (value or "").strip().lower() == "all"
             i += 1
 
     def patient_ok(self, p: PatientInfo, study: StudyInfo) -> bool:
@@ -125,6 +133,18 @@ class Criteria:
     def series_ok(self, s: SeriesInfo) -> bool:
         return all(any(same(_SERIES_CRITERIA[k](s), v) for v in values) for k, values in self.values.items())
 
+    def hit_ok(self, p: PatientInfo, series: list[SeriesInfo]) -> bool:
+        """The patient-level criteria: at least ``min_studies`` studies (probably all the patient's, as
+        NBIA's ``MinNumberOfStudiesCriteria`` compares a per-patient study count), and with
+        ``ModalityAndedSearchCriteria=all`` a series of every requested modality, not just of one."""
+        if self.min_studies is not None and len(p.studies) < self.min_studies:
+            return False
+        if self.modalities_anded:
+            wanted = {v.casefold() for v in self.values.get("imagemodalitycriteria", [])}
+            if not wanted <= {s.modality.casefold() for s in series}:
+                return False
+        return bool(series)
+
 
 def _hits(view: View, criteria: Criteria, v4: bool) -> list[Hit]:
     hits: list[Hit] = []
@@ -137,7 +157,7 @@ def _hits(view: View, criteria: Criteria, v4: bool) -> list[Hit]:
             for st in p.studies:
                 if criteria.patient_ok(p, st):
                     hit.series.extend(s for s in st.series if criteria.series_ok(s))
-            if hit.series:
+            if criteria.hit_ok(p, hit.series):
                 hits.append(hit)
     return hits
 

@@ -11,7 +11,8 @@ descriptions, StudyID and StudyDate. ``NBIAFS-Bench`` holds one 200-instance 64x
 
 Release dates differ per collection, patient and series (2014 to 2023), one series being released at
 midnight exactly (2014-12-20), so "after a date" and "on or after" queries return different, checkable
-subsets. Collections carry DOIs and (most of them) HTML descriptions for the advanced API.
+subsets. Collections carry DOIs and (most of them) HTML descriptions for the advanced API. Each SEG names the
+image series it segments in a ReferencedSeriesSequence, as real ones do (getDicomTags shows it).
 """
 
 from __future__ import annotations
@@ -463,6 +464,18 @@ def _seg(ds: Dataset, ctx: _Ctx) -> None:
     segment.SegmentLabel = "Lesion"
     segment.SegmentAlgorithmType = "MANUAL"
     ds.SegmentSequence = [segment]
+    source = ctx.extra.get("referenced")
+    if isinstance(source, SeriesInfo):  # Common Instance Reference: what tcia_utils' getSegRefSeries reads
+        refs = []
+        for inst in sorted(source.instances, key=lambda i: i.instance_number):
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = inst.sop_class_uid
+            ref.ReferencedSOPInstanceUID = inst.sop_instance_uid
+            refs.append(ref)
+        item = Dataset()
+        item.ReferencedInstanceSequence = refs
+        item.SeriesInstanceUID = source.series_instance_uid
+        ds.ReferencedSeriesSequence = [item]
     ds.PixelData = bits
 
 
@@ -548,6 +561,9 @@ def _build(seed: int) -> Archive:
                         slice_thickness=(_THICKNESS[s.modality],) if s.modality in _THICKNESS else (),
                     )
                     ctx = _Ctx(seed, c, p, st, s, study_uid, series_uid, frame_uid)
+                    if s.modality == "SEG":  # it segments the study's first image series
+                        source = next((x for x in study.series if x.modality != "SEG"), None)
+                        ctx.extra["referenced"] = source
                     count = 1 if s.modality == "SEG" else s.count
                     for ii in range(count):
                         sop_uid = _uid(seed, ci, pi, sti, si, ii)

@@ -280,6 +280,45 @@ def test_simple_search_dates_and_failures(keycloak: ArchiveServer, guest: str) -
     assert missing.status_code == 500
 
 
+def test_simple_search_patient_criteria(keycloak: ArchiveServer) -> None:
+    """MinNumberOfStudiesCriteria and ModalityAndedSearchCriteria (the GUI's and tcia_utils' searches)."""
+    studies = {(p.collection, p.patient_id): len(p.studies) for p in keycloak.archive.patients}
+    two = search(keycloak, "v4", [("criteriaType0", "MinNumberOfStudiesCriteria"), ("value0", "2")]).json()
+    assert {p["subjectId"] for p in two["resultSet"]} == {pid for (_, pid), n in studies.items() if n >= 2}
+    assert two["totalPatients"] == sum(n >= 2 for n in studies.values())
+    mr_seg = [
+        ("criteriaType0", "ImageModalityCriteria"),
+        ("value0", "MR"),
+        ("criteriaType1", "ImageModalityCriteria"),
+        ("value1", "SEG"),
+    ]
+    modalities: dict[str, set[str]] = {}
+    for s in keycloak.archive.iter_series():
+        modalities.setdefault(s.patient_id, set()).add(s.modality)
+    anded = [*mr_seg, ("criteriaType2", "ModalityAndedSearchCriteria"), ("value2", "all")]
+    found = search(keycloak, "v4", anded).json()["resultSet"]
+    assert {p["subjectId"] for p in found} == {p for p, m in modalities.items() if {"MR", "SEG"} <= m}
+    assert {p["subjectId"] for p in search(keycloak, "v4", mr_seg).json()["resultSet"]} == {
+        p for p, m in modalities.items() if m & {"MR", "SEG"}
+    }
+    bad = search(keycloak, "v4", [("criteriaType0", "MinNumberOfStudiesCriteria"), ("value0", "two")])
+    assert bad.status_code == 500  # new Integer("two")
+
+
+def test_seg_references_its_series(keycloak: ArchiveServer) -> None:
+    """A SEG names the series it segments; tcia_utils' getSegRefSeries finds it by these element strings."""
+    seg = series_of(keycloak, MR, "SEG")
+    tags = get(keycloak, "v4", "getDicomTags", SeriesUID=seg.series_instance_uid).json()
+    elements = [t["element"] for t in tags]
+    start = elements.index(">(0008,114A)")
+    end = elements.index(">(0008,114A)", start + 1)  # End Referenced Instance Sequence
+    assert tags[end]["name"] == "End Referenced Instance Sequence" and elements[end + 1] == ">(0020,000E)"
+    source = keycloak.archive.series(tags[end + 1]["data"])
+    assert source.study_instance_uid == seg.study_instance_uid and source.modality == "MR"
+    referenced = [t["data"] for t in tags if t["element"] == ">>(0008,1155)"]
+    assert sorted(referenced) == sorted(i.sop_instance_uid for i in source.instances)
+
+
 def test_manifest_for_simple_search(keycloak: ArchiveServer) -> None:
     ct = [("criteriaType0", "ImageModalityCriteria"), ("value0", "CT")]
     r = post(keycloak, "v4", "getManifestForSimpleSearch", ct + list(SEARCH.items()))

@@ -317,7 +317,8 @@ def test_serve_without_password_fails(tmp_path: Path) -> None:
         [sys.executable, "-m", "nbiafs", "serve", "--port", "0", "--user", "carol"],
         env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
     )  # fmt: skip
-    assert out.returncode == 1 and "no password for user carol" in out.stderr
+    # The status is the CLI's for a configuration error (nbiafs/cli decides which); it is never 0.
+    assert out.returncode not in (0, None) and "no password for user carol" in out.stderr
 
 
 def test_a_bug_is_a_500_and_serving_goes_on(make_server: MakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
