@@ -1,6 +1,16 @@
 """The layers' import rules (docs/architecture.md), checked on the source of every module of nbiafs.
 
 Every ``import`` and ``from ... import`` counts, wherever it stands (inside functions, under TYPE_CHECKING).
+The layers, each importing only those to its right (``server`` imports no other layer; ``cli`` may import it
+and the package's public API too)::
+
+    cli ─> mounting ─> fuse ─┐
+                             ├─> fs ─> api ─> settings ─> errors
+               fsspec ───────┘
+
+``fsspec`` (the ``nbia://`` filesystem) is built on ``fs`` beside ``fuse``: it never needs FUSE, so it may
+not import ``fuse``, ``mounting`` or ``cli``. Third-party packages of optional extras stay in their layer:
+only ``fuse`` imports mfusepy, only ``fsspec`` imports fsspec, and no module of nbiafs imports dask.
 """
 
 from __future__ import annotations
@@ -20,12 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "fs": {"errors", "settings", "api"},
     "fuse": {"errors", "settings", "api", "fs"},
     "mounting": {"errors", "settings", "api", "fs", "fuse"},
+    "fsspec": {"errors", "settings", "api", "fs"},  # nbia:// without FUSE
     "cli": {"errors", "settings", "api", "fs", "fuse", "mounting", "server", "package"},
     "server": set(),
     "package": {"errors", "settings", "api"},  # nbiafs/__init__.py, the public Python API
 }
 # Third-party packages only some layers may import.
-RESTRICTED_PACKAGES = {"mfusepy": {"fuse"}}
+RESTRICTED_PACKAGES: dict[str, set[str]] = {
+    "mfusepy": {"fuse"},
+    "fsspec": {"fsspec"},
+    "dask": set(),
+    "distributed": set(),
+}
 
 
 def _layer(module: str) -> str:
@@ -101,3 +117,12 @@ def test_the_checker_finds_violations() -> None:
     assert violations("nbiafs.server.handler", {"nbiafs.errors", "nbiafs.server.auth"}) == ["nbiafs.errors"]
     assert violations("nbiafs.api.client", {"nbiafs.cli.main", "nbiafs.settings"}) == ["nbiafs.cli.main"]
     assert violations("nbiafs.fuse.adapter", {"mfusepy", "nbiafs.fs.tree"}) == []
+    assert (
+        violations("nbiafs.fsspec.filesystem", {"fsspec.spec", "nbiafs.fs.tree", "nbiafs.api.client"}) == []
+    )
+    assert violations("nbiafs.fsspec.filesystem", {"nbiafs.fuse.mount", "nbiafs.mounting", "mfusepy"}) == [
+        "mfusepy",
+        "nbiafs.fuse.mount",
+        "nbiafs.mounting",
+    ]
+    assert violations("nbiafs.fs.tree", {"fsspec", "dask.bag"}) == ["dask.bag", "fsspec"]

@@ -1,0 +1,1 @@
+"""Tests of the fsspec filesystem (nbia://) and its use from Dask."""
