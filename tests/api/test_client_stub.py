@@ -6,9 +6,11 @@ with and without a length, the old four-key token answer.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -298,3 +300,35 @@ def test_v3_sends_api_key_header_not_in_url(stub: Stub) -> None:
         assert client.collections() == ["A"]
     _, _, headers = stub.seen[-1]
     assert headers.get("api_key") == "sekrit-key"
+
+
+def _trickle(h: BaseHTTPRequestHandler, path: str) -> None:
+    """A valid-looking answer whose body comes one byte every 0.2 s (no read timeout ever fires)."""
+    h.send_response(200)
+    h.send_header("Content-Type", "application/dicom")
+    h.send_header("Content-Length", "100000")
+    h.end_headers()
+    with contextlib.suppress(OSError):
+        h.wfile.write(b"\0" * 128 + b"DICM")
+        h.wfile.flush()
+        for _ in range(200):
+            time.sleep(0.2)
+            h.wfile.write(b"x")
+            h.wfile.flush()
+
+
+def test_a_trickling_body_is_abandoned_within_the_timeout(stub: Stub) -> None:
+    stub.routes["getSingleImage"] = _trickle
+    started = time.monotonic()
+    with v1_client(stub, timeout=1.5, retries=0) as client, pytest.raises(RequestTimeoutError, match="B/s"):
+        client.download_instance("1.2", "1.2.3", io.BytesIO())
+    assert time.monotonic() - started < 6
+
+
+def test_an_oversized_metadata_answer_is_refused(stub: Stub) -> None:
+    rows = json.dumps([{"Collection": f"C{i:06d}"} for i in range(20000)]).encode()
+    stub.routes["getCollectionValues"] = lambda h, p: send(h, 200, rows)
+    with v1_client(stub, max_answer_bytes=100_000) as client, pytest.raises(BadResponseError, match="larger"):
+        client.collections()
+    with v1_client(stub) as client:
+        assert len(client.collections()) == 20000
