@@ -5,6 +5,8 @@ operation answers with (``errno``); only :mod:`nbiafs.fuse` turns them into errn
 
     NbiaError                    EIO     base of every error nbiafs raises on purpose
     ├── ConfigError              EINVAL  a bad option, profile, manifest, credentials file or cache directory
+    │   └── FuseUnavailableError EINVAL  no usable libfuse on this machine
+    ├── MountError               EIO     the mount itself failed (mountpoint, /dev/fuse, libfuse, the kernel)
     ├── NotFoundError            ENOENT  the collection, patient, study, series, instance or path does not exist
     ├── AccessDeniedError        EACCES  this account may not see or download it
     │   └── AuthenticationError  EACCES  the credentials were refused (or no valid token could be had)
@@ -46,6 +48,15 @@ class ConfigError(NbiaError):
     """A bad option, profile, manifest, credentials file or cache directory: the user must fix something."""
 
     errno = _errno.EINVAL
+
+
+class FuseUnavailableError(ConfigError):
+    """No usable libfuse on this machine: the message names the package to install."""
+
+
+class MountError(NbiaError):
+    """The mount itself failed or cannot be undone (mountpoint unusable, /dev/fuse, libfuse or the kernel
+    refused); trying again later may work, unlike a ConfigError."""
 
 
 class NotFoundError(NbiaError):

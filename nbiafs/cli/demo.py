@@ -1,21 +1,24 @@
 """``nbiafs demo MOUNTPOINT``: the bundled archive server on loopback, mounted in the foreground.
 
 The server (nbiafs.server, its synthetic archive, OAuth on the v2 API) and the mount live in this one process:
-Ctrl-C, SIGTERM or ``nbiafs umount MOUNTPOINT`` from another shell stops both. The cache is a temporary
-directory (removed at the end) unless ``--cache-dir`` is given.
+Ctrl-C, SIGTERM, SIGHUP or ``nbiafs umount MOUNTPOINT`` from another shell stops both (exit status 0).
+The cache is a temporary directory (removed at the end) unless ``--cache-dir`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from nbiafs.api.profiles import resolve_profile
+from nbiafs.cli import service, status
 from nbiafs.cli.logs import add_logging_options
 from nbiafs.mounting import MountSettings, run_mount
 from nbiafs.settings import LAYOUTS, CacheSettings, TreeSettings
@@ -40,9 +43,23 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def nbiafs_command(argv0: str | None = None) -> str:
+    """How to run this nbiafs from another shell: ``nbiafs`` if that is the ``nbiafs`` on PATH, else its full
+    path (``python -m nbiafs``: the interpreter's path and ``-m nbiafs``)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m nbiafs"
+    mine = os.path.realpath(argv0)
+    on_path = shutil.which("nbiafs")
+    if on_path and os.path.realpath(on_path) == mine:
+        return "nbiafs"
+    return shlex.quote(os.path.abspath(argv0))
+
+
 def instructions(mountpoint: str, server_url: str) -> str:
     """What to try once the demo is mounted."""
     mp = shlex.quote(mountpoint)
+    nbiafs = nbiafs_command()
     return f"""\
 nbiafs demo: the synthetic archive of {server_url} is mounted at {mountpoint}
 Try, in another shell:
@@ -52,14 +69,17 @@ Try, in another shell:
   getfattr -d {mp}/NBIAFS-PET-CR/*/*/*
   dcmdump "$(find {mp}/NBIAFS-PET-CR -name '*.dcm' | head -1)" | head -40
   dcm2niix -o /tmp "$(dirname "$(find {mp}/NBIAFS-Bench -name '*.dcm' | head -1)")"
-Stop it with Ctrl-C here, or: nbiafs umount {mp}"""
+Stop it with Ctrl-C here, or: {nbiafs} umount {mp}"""
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbiafs.fuse.mount import check_mountpoint
+    from nbiafs.fuse.mount import check_fuse_device, check_mountpoint
     from nbiafs.server import ArchiveServer, ServerConfig
 
+    service.take_socket()
+    status.stop_on_signals()
     mountpoint = check_mountpoint(args.mountpoint)
+    check_fuse_device()
     temp_dir: str | None = None
     if args.cache_dir:
         cache_dir = Path(args.cache_dir).expanduser().absolute()
@@ -80,11 +100,16 @@ def run(args: argparse.Namespace) -> int:
 
         def on_ready() -> None:
             print(instructions(mountpoint, srv.url), flush=True)
+            service.ready(mountpoint)
 
-        run_mount(settings, on_ready=on_ready)
+        outcome = run_mount(settings, on_ready=on_ready, on_stopping=service.stopping)
         print("nbiafs demo: unmounted, server stopped", flush=True)
     finally:
         srv.stop()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
-    return 0
+    if outcome.abandoned:
+        from nbiafs.cli.mount import end_after
+
+        end_after(outcome)
+    return status.OK

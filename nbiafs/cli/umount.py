@@ -1,33 +1,41 @@
-"""``nbiafs umount MOUNTPOINT``: unmount an nbiafs mount (``fusermount3 -u``, or ``umount`` as root).
+"""``nbiafs umount MOUNTPOINT``: unmount an nbiafs mount (``umount2`` as root, else ``fusermount3 -u``).
 
-The serving process notices the unmount, logs out and exits by itself.
+It never looks into the mount first: what is mounted where comes from /proc/self/mountinfo, so a mount whose
+process hangs cannot hang this command. It refuses anything that is not an nbiafs mount (``fuse.nbiafs``). A
+dead mount (its process gone: "Transport endpoint is not connected") is detached lazily, and said so. The
+serving process notices the unmount and exits by itself (within seconds, even with downloads hanging).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import logging
 import os
-import re
+import shlex
 import shutil
 import subprocess
 import sys
 from typing import Any
 
 from nbiafs.cli.logs import add_logging_options
-from nbiafs.errors import ConfigError
+from nbiafs.errors import MountError
+from nbiafs.fuse.mounttable import FSTYPE, find_mount, probe, resolve
 
 log = logging.getLogger(__name__)
 
 #: Seconds an unmount tool may take.
-UMOUNT_TIMEOUT = 30.0
+UMOUNT_TIMEOUT = 10.0
+MNT_DETACH = 2
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "umount",
         help="unmount an nbiafs mount",
-        description="Unmount MOUNTPOINT (fusermount3 -u, or umount as root); its nbiafs process then exits.",
+        description="Unmount the nbiafs mount at MOUNTPOINT; its nbiafs process then exits. Refuses other "
+        "file systems; clears a dead nbiafs mount (its process gone) with a lazy unmount.",
     )
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument(
@@ -42,62 +50,77 @@ def mount_type(mountpoint: str) -> str | None:
 
     Reads no file in the mount, so it cannot hang on a stuck FUSE server. None if nothing is mounted there.
     """
-    target = os.path.realpath(mountpoint)
-    found: str | None = None
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) >= 5 and _unescape(fields[4]) == target:
-                    found = right.split()[0] if right.split() else ""
+        entry = find_mount(mountpoint)
     except OSError:
-        return "unknown" if os.path.ismount(target) else None
-    return found
+        return None
+    return entry.fstype if entry is not None else None
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal ``\\ooo``."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+def _umount2(path: str, flags: int) -> str | None:
+    """The umount2 system call (root); None if done, else why not."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), flags) == 0:
+        return None
+    code = ctypes.get_errno()
+    return f"umount2: {os.strerror(code)}" + (" (busy)" if code == errno.EBUSY else "")
 
 
-def unmount(mountpoint: str, *, lazy: bool = False) -> None:
-    """Unmount ``mountpoint``; raises ConfigError if it is not mounted or the unmount tool fails."""
-    path = os.path.abspath(mountpoint)
+def _fusermount(path: str, lazy: bool) -> str | None:
+    """``fusermount3 -u`` (or ``-uz``); None if done, else why not."""
+    exe = shutil.which("fusermount3") or shutil.which("fusermount")
+    if exe is None:
+        return "neither fusermount3 nor fusermount is installed: cannot unmount"
+    cmd = [exe, "-uz" if lazy else "-u", "--", path]
+    log.info("running %s", " ".join(cmd))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return f"{os.path.basename(exe)} did not finish within {UMOUNT_TIMEOUT:.0f} s"
+    if done.returncode == 0:
+        return None
+    return (done.stderr or done.stdout).strip() or f"{exe} exited with status {done.returncode}"
+
+
+def _unmount_once(path: str, lazy: bool) -> str | None:
+    if os.geteuid() == 0:
+        return _umount2(path, MNT_DETACH if lazy else 0)
+    return _fusermount(path, lazy)
+
+
+def unmount(mountpoint: str, *, lazy: bool = False) -> str:
+    """Unmount the nbiafs mount at ``mountpoint``; returns what was done. MountError if nothing or something
+    else is mounted there, or if the unmount fails (busy: with the hint to use ``--lazy``)."""
+    path = resolve(mountpoint)
     kind = mount_type(path)
     if kind is None:
-        raise ConfigError(f"{path} is not mounted")
-    if kind not in ("fuse.nbiafs", "fuse", "unknown"):
-        log.warning("%s is a %s mount, not nbiafs; unmounting it anyway", path, kind)
-    commands: list[list[str]] = []
-    for tool in ("fusermount3", "fusermount"):
-        exe = shutil.which(tool)
-        if exe:
-            commands.append([exe, "-uz" if lazy else "-u", "--", path])
-            break
-    if os.geteuid() == 0 and shutil.which("umount"):
-        commands.append(["umount", *(["-l"] if lazy else []), "--", path])
-    if not commands:
-        raise ConfigError("neither fusermount3 nor fusermount is installed: cannot unmount")
-    errors: list[str] = []
-    for cmd in commands:
-        log.info("running %s", " ".join(cmd))
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            errors.append(f"{cmd[0]} did not finish within {UMOUNT_TIMEOUT:.0f} s")
-            continue
-        if done.returncode == 0:
-            return
-        errors.append(
-            (done.stderr or done.stdout).strip() or f"{cmd[0]} exited with status {done.returncode}"
+        raise MountError(f"{path} is not mounted")
+    if kind != FSTYPE:
+        raise MountError(
+            f"{path} is a {kind} mount, not nbiafs: left alone (unmount it with umount(8) if that is meant)"
         )
-    hint = "" if lazy else " (busy? close the files open in it, or use --lazy)"
-    raise ConfigError(f"cannot unmount {path}: {'; '.join(errors)}{hint}")
+    why = _unmount_once(path, lazy)
+    if why is None:
+        return f"detached {path} (lazy unmount)" if lazy else f"unmounted {path}"
+    if mount_type(path) != FSTYPE:
+        return f"unmounted {path}"
+    state = probe(path, timeout=1.0)
+    if state == errno.ENOTCONN or "not connected" in why:
+        again = _unmount_once(path, True)
+        if again is None:
+            return f"cleared the dead nbiafs mount at {path} (its process had ended) with a lazy unmount"
+        why = f"{why}; {again}"
+    hint = (
+        ""
+        if lazy
+        else f" (busy: files are open in it or operations are under way; `nbiafs umount --lazy {shlex.quote(path)}` "
+        "detaches it now, and its process then ends within seconds)"
+    )
+    raise MountError(f"cannot unmount {path}: {why}{hint}")
 
 
 def run(args: argparse.Namespace) -> int:
-    unmount(args.mountpoint, lazy=args.lazy)
-    if args.verbose:
-        print(f"unmounted {os.path.abspath(args.mountpoint)}", file=sys.stderr)
+    done = unmount(args.mountpoint, lazy=args.lazy)
+    if args.verbose or not done.startswith("unmounted"):
+        print(f"nbiafs: {done}", file=sys.stderr)
     return 0

@@ -15,7 +15,9 @@ import os
 from ctypes.util import find_library
 from typing import Any
 
-__all__ = ["FUSE_MAJOR", "invalidate_path", "mfusepy"]
+from nbiafs.errors import FuseUnavailableError
+
+__all__ = ["FUSE_MAJOR", "FuseUnavailableError", "invalidate_path", "mfusepy"]
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,23 @@ _USER_CHOICE = os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRA
 _LIBRARY_PATH = None if _USER_CHOICE else find_library("fuse3")
 """The libfuse nbiafs asked mfusepy to load (None: the user's or mfusepy's own choice)."""
 
+
+INSTALL_HINT = (
+    "install libfuse 3: Debian/Ubuntu: sudo apt-get install fuse3; Fedora/RHEL: sudo dnf install fuse3 "
+    "fuse3-libs; openSUSE: sudo zypper install fuse3; Arch: sudo pacman -S fuse3"
+)
+
 if _LIBRARY_PATH:
     os.environ["FUSE_LIBRARY_PATH"] = _LIBRARY_PATH
 try:
     import mfusepy
+except (
+    OSError,
+    AttributeError,
+) as _exc:  # mfusepy: OSError("Unable to find libfuse"); too old: AttributeError
+    raise FuseUnavailableError(
+        f"libfuse is not installed or cannot be loaded ({_exc}): {INSTALL_HINT}"
+    ) from None
 finally:
     if _LIBRARY_PATH:
         del os.environ["FUSE_LIBRARY_PATH"]

@@ -8,6 +8,7 @@ import pytest
 
 from nbiafs.cli.main import main
 from nbiafs.fs.instance_cache import InstanceCache
+from tests.fs.helpers import dicom_bytes
 
 UID = "1.3.6.1.4.1.14519.5.2.1.7695.1700.{}"
 
@@ -55,11 +56,12 @@ def test_info_without_a_cache_creates_nothing(tmp_path: Path, capsys: pytest.Cap
 def test_clear_while_a_mount_holds_a_file_open(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "c"
     with InstanceCache(directory, 10**6) as mounted:  # a mount's cache, still in use
-        path = mounted.fetch(UID.format(1), lambda out: out.write(b"open" * 100))
+        body = dicom_bytes(UID.format(1))  # a real instance: opening a cache checks what it finds
+        path = mounted.fetch(UID.format(1), lambda out: out.write(body))
         with open(path, "rb") as handle:
             assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
             assert "cleared 1 entries" in capsys.readouterr().out
-            assert handle.read() == b"open" * 100
+            assert handle.read() == body
         assert mounted.get(UID.format(1)) is None
         assert mounted.info().entries == 0
     assert main(["cache", "info", "--cache-dir", str(directory)]) == 0

@@ -388,8 +388,9 @@ def test_daemon_mode_reports_failure(archive_server: ArchiveServer, tmp_path: Pa
     )
     try:
         done = run(cmd, timeout=60, env=nbiafs_env(ALICE, "not her password"))
-        assert done.returncode == 1
+        assert done.returncode == 3  # a credential error: status 3, which systemd does not restart
         assert "mount failed" in done.stderr and "refused" in done.stderr
+        assert done.stderr.count("refused") == 1, done.stderr
         assert not is_mounted(mp)
     finally:
         if is_mounted(mp):
