@@ -9,6 +9,8 @@ The public Python API, importable from here::
   :class:`SeriesSize`, and the advanced API's :class:`ValueCount`, :class:`CollectionDescription`,
   :class:`DicomTag`, :class:`DoiEntry`, :class:`SearchResult`; each converts with ``to_dict()``, and a list of
   them to a pandas DataFrame with :func:`to_dataframe` (pandas optional);
+- :func:`mount` (``with nbiafs.mount("/tmp/tcia", api_url=...) as m:``): a mount served by a background
+  process, unmounted on exit;
 - the settings: :class:`ClientSettings`, :class:`TreeSettings`, :class:`CacheSettings`;
 - the errors of :mod:`nbiafs.errors` (one tree by meaning, each with its errno).
 
@@ -33,6 +35,8 @@ _EXPORTS = {
     "Series": "nbiafs.api.records",
     "SeriesMetadata": "nbiafs.api.records",
     "SeriesSize": "nbiafs.api.records",
+    "mount": "nbiafs.background",
+    "BackgroundMount": "nbiafs.background",
     "to_dataframe": "nbiafs.api.frames",
     "ValueCount": "nbiafs.api.records",
     "CollectionDescription": "nbiafs.api.records",
@@ -68,6 +72,8 @@ __all__ = [
     "Series",
     "SeriesMetadata",
     "SeriesSize",
+    "mount",
+    "BackgroundMount",
     "to_dataframe",
     "ValueCount",
     "CollectionDescription",
@@ -110,6 +116,7 @@ if TYPE_CHECKING:
         Study,
         ValueCount,
     )
+    from nbiafs.background import BackgroundMount, mount
     from nbiafs.errors import (
         AccessDeniedError,
         AuthenticationError,

@@ -30,10 +30,12 @@ ALLOWED: dict[str, set[str]] = {
     "fs": {"errors", "settings", "api"},
     "fuse": {"errors", "settings", "api", "fs"},
     "mounting": {"errors", "settings", "api", "fs", "fuse"},
+    # nbiafs.mount(): starts `nbiafs mount -f` in a child process; reads the mount table (fuse, no libfuse).
+    "background": {"errors", "settings", "fuse"},
     "fsspec": {"errors", "settings", "api", "fs"},  # nbia:// without FUSE
     "cli": {"errors", "settings", "api", "fs", "fuse", "mounting", "server", "package"},
     "server": set(),
-    "package": {"errors", "settings", "api"},  # nbiafs/__init__.py, the public Python API
+    "package": {"errors", "settings", "api", "background"},  # nbiafs/__init__.py, the public Python API
 }
 # Third-party packages only some layers may import.
 RESTRICTED_PACKAGES: dict[str, set[str]] = {
