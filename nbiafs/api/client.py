@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from nbiafs.api.auth import TokenManager
@@ -577,13 +577,9 @@ class NbiaClient:
                 status=500,
             ) from None
 
-    def download_series(
-        self, series_instance_uid: str, out: IO[bytes], *, md5: bool = False, new_file_names: bool = False
-    ) -> int:
-        """getImage (or getImageWithMD5Hash) ZIP into ``out`` (seekable binary file); returns bytes written.
-
-        Raises NotFoundError for an empty answer, BadResponseError when the answer is not a ZIP.
-        """
+    def _series_request(
+        self, series_instance_uid: str, md5: bool, new_file_names: bool
+    ) -> tuple[str, dict[str, str], Check]:
         endpoint = "getImageWithMD5Hash" if md5 else "getImage"
         params = self._params(SeriesInstanceUID=series_instance_uid)
         params.pop("format", None)
@@ -597,4 +593,24 @@ class NbiaClient:
                 kind = describe_body(head, ctype) or f"{ctype or 'something'} data"
                 raise BadResponseError(f"{endpoint} answered with {kind} where a ZIP archive was expected")
 
+        return endpoint, params, check
+
+    def download_series(
+        self, series_instance_uid: str, out: IO[bytes], *, md5: bool = False, new_file_names: bool = False
+    ) -> int:
+        """getImage (or getImageWithMD5Hash) ZIP into ``out`` (seekable binary file); returns bytes written.
+
+        Raises NotFoundError for an empty answer, BadResponseError when the answer is not a ZIP.
+        """
+        endpoint, params, check = self._series_request(series_instance_uid, md5, new_file_names)
         return self._download(endpoint, params, out, check)
+
+    def stream_series(self, series_instance_uid: str) -> Iterator[bytes]:
+        """getImage's ZIP body in pieces as they arrive (the request goes out on the first ``next()``).
+
+        Not fetched again once started: a cut or stalled body raises UnavailableError or RequestTimeoutError
+        midway. NotFoundError for an empty answer, BadResponseError when the answer is not a ZIP; other errors
+        as :meth:`download_series`. Close the iterator to abandon the download.
+        """
+        endpoint, params, check = self._series_request(series_instance_uid, False, False)
+        return self._http.stream(self._endpoint_url(endpoint), endpoint, params, check)

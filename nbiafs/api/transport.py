@@ -398,6 +398,35 @@ class Transport:
 
         return self._with_body_retries(what, fetch)
 
+    def stream(self, url: str, what: str, params: dict[str, str], check: Check) -> Iterator[bytes]:
+        """The body of an answer in pieces as they arrive, under the low-speed limit; the request is sent on
+        the first ``next()``. Not fetched again once started: a body cut or stalled midway raises
+        UnavailableError or RequestTimeoutError. ``check`` raises for an answer of the wrong kind. Closing the
+        iterator early closes the connection."""
+        resp = self.send("GET", url, what, params=params, stream=True)
+        try:
+            ctype = resp.headers.get("Content-Type", "")
+            first = True
+            for chunk in self._body(resp, what):
+                if first:
+                    check(chunk, ctype)
+                    first = False
+                yield chunk
+            if first:
+                check(b"", ctype)
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            if is_timeout(exc):
+                raise RequestTimeoutError(f"{what}: body stalled for {self.timeout:g} s") from exc
+            raise UnavailableError(f"{what}: body cut off ({type(exc).__name__})") from exc
+        finally:
+            resp.close()
+
     def download(self, url: str, what: str, params: dict[str, str], out: IO[bytes], check: Check) -> int:
         """Stream an answer into ``out`` from its current position; a cut body rewinds ``out``, tries again.
 

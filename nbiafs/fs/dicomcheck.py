@@ -13,6 +13,7 @@ import mmap
 import struct
 import zlib
 from pathlib import Path
+from typing import IO
 
 from nbiafs.errors import BadResponseError
 
@@ -41,12 +42,14 @@ class _Walker:
         self.explicit = explicit
         self.endian = "<" if little else ">"
         self.found: dict[tuple[int, int], bytes] = {}
+        self._size = len(buf)
+        self._structs = {fmt: struct.Struct(self.endian + fmt) for fmt in ("HH", "I", "H")}
 
     def _read(self, pos: int, fmt: str) -> tuple[int, ...]:
-        size = struct.calcsize(fmt)
-        if pos + size > len(self.buf):
+        packer = self._structs[fmt]
+        if pos + packer.size > self._size:
             raise _TruncatedError(f"element header at byte {pos} runs past the end")
-        return struct.unpack_from(self.endian + fmt, self.buf, pos)
+        return packer.unpack_from(self.buf, pos)
 
     def walk(self, pos: int, end: int, depth: int, *, explicit: bool, stop: int | None = None) -> int:
         """Elements from ``pos`` to ``end``, or to the delimiter ``stop`` (an element of group FFFE)."""
@@ -109,8 +112,49 @@ class _Walker:
                 pos += length
 
 
-def check_instance(path: Path, sop_instance_uid: str) -> None:
-    """Raise BadResponseError unless ``path`` holds a complete DICOM file of ``sop_instance_uid``."""
+def check_complete(path: Path) -> None:
+    """Raise BadResponseError unless ``path`` holds a complete DICOM file (whatever its SOPInstanceUID)."""
+    check_instance(path, None)
+
+
+def complete_sop_instance_uid(data: bytes) -> str:
+    """The SOPInstanceUID of the complete DICOM file ``data`` (its header's, else the file meta's), by the
+    same element walk as :func:`check_instance`. BadResponseError if ``data`` is not a complete DICOM file."""
+    if len(data) < _PREAMBLE + 4:
+        raise BadResponseError(f"not DICOM: {len(data)} bytes")
+    sop = _check(data, len(data), None)
+    if not sop:
+        raise BadResponseError("the file carries no SOPInstanceUID")
+    return sop
+
+
+def read_sop_instance_uid(fp: IO[bytes]) -> str | None:
+    """The SOPInstanceUID in the header of the DICOM file ``fp`` (read from its start, stopping before the
+    pixel data), else its MediaStorageSOPInstanceUID, or None when it is not readable DICOM. Rewinds ``fp``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=1024)
+        value = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except (
+        InvalidDicomError,
+        ValueError,
+        EOFError,
+        struct.error,
+        KeyError,
+        NotImplementedError,
+        AttributeError,
+    ):
+        value = None
+    finally:
+        fp.seek(0)
+    return str(value).strip("\0 ") if value else None
+
+
+def check_instance(path: Path, sop_instance_uid: str | None) -> None:
+    """Raise BadResponseError unless ``path`` holds a complete DICOM file of ``sop_instance_uid`` (None: any)."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -123,7 +167,9 @@ def check_instance(path: Path, sop_instance_uid: str) -> None:
         raise BadResponseError(f"cannot read the downloaded instance: {exc}") from exc
 
 
-def _check(buf: mmap.mmap, size: int, sop_instance_uid: str) -> None:
+def _check(buf: mmap.mmap | bytes, size: int, sop_instance_uid: str | None) -> str | None:
+    """Walk the file; BadResponseError unless complete (and of ``sop_instance_uid`` when given). Returns
+    the SOPInstanceUID found."""
     if buf[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         raise BadResponseError("not DICOM: no 'DICM' after the 128-byte preamble")
     pos = _PREAMBLE + 4
@@ -166,8 +212,9 @@ def _check(buf: mmap.mmap, size: int, sop_instance_uid: str) -> None:
         raise BadResponseError(f"incomplete DICOM file ({size} bytes): {exc}") from None
     raw = walker.found.get(_SOP_INSTANCE_UID)
     sop = raw.rstrip(b"\0 ").decode("ascii", "replace") if raw is not None else meta_sop
-    if sop != sop_instance_uid:
+    if sop_instance_uid is not None and sop != sop_instance_uid:
         raise BadResponseError(f"the file holds SOPInstanceUID {sop!r}, not {sop_instance_uid!r}")
+    return sop
 
 
 def _pydicom_reads(path: Path) -> None:

@@ -12,9 +12,23 @@ Layout of a cache directory (dirs 0700, files 0600)::
 than 200 characters becomes ``%h<sha256>``, which the escaping can never produce.
 
 Concurrency: one download per key at a time, threads of one process wait for the leader's result (single
-flight), and processes serialise on the key's lock file. Every change to ``data/`` (rename in, evict, clear)
-happens inside an ``BEGIN IMMEDIATE`` transaction on the index, so sqlite's write lock orders them across
-processes and the index and the files agree.
+flight), and processes serialise on the key's lock file. A caller about to bring many keys at once (a series
+ZIP) claims them (:meth:`~InstanceCache.claim`): a fetch of a claimed key waits for the claim to deliver it (at most
+``claim_wait`` seconds) instead of downloading it, and downloads it itself if the claim is released without
+it; :meth:`~InstanceCache.store` files a key from such a stream unless another download of it is under way.
+
+Bookkeeping. A finished download is renamed into place at once (readers see it immediately) and its index
+row follows in a batch: one transaction per ``COMMIT_BATCH`` new entries or ``COMMIT_INTERVAL`` seconds,
+from a timer thread; the ``max_bytes`` bound is enforced at each batch, so it may be exceeded for that long.
+Evictions and clears happen inside ``BEGIN IMMEDIATE`` transactions on the index, so sqlite's write lock
+orders them across processes; a batch indexes only files still on disk.
+
+Crashes. Files are not fsynced: integrity comes from the checks, not from the disk. A download is written to
+a ``.part`` file and renamed only once complete and accepted by ``check``, so a partial download never
+appears under its final name, and a process that dies leaves at worst ``.part`` files (removed at start-up)
+and entries without rows (adopted at start-up). After an operating-system crash or power loss a recent file
+may have lost its data; :meth:`~InstanceCache.reconcile` (run on start-up) removes every entry whose size is
+not the one indexed, and adopts an unindexed file only if it is a complete DICOM file.
 
 Trust. The directory (and data/, locks/) must belong to the user and not be writable by group or others, else
 ConfigError: a file planted there would be served. A fetch takes a ``check`` that must accept the finished
@@ -47,7 +61,9 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from errno import EDQUOT, ENOSPC
 from pathlib import Path
@@ -55,7 +71,8 @@ from types import TracebackType
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
-from nbiafs.errors import CacheError, ConfigError, NoSpaceError, RequestTimeoutError
+from nbiafs.errors import BadResponseError, CacheError, ConfigError, NoSpaceError, RequestTimeoutError
+from nbiafs.fs.dicomcheck import check_complete
 from nbiafs.fs.flight import FLIGHT_WAIT, SingleFlight
 from nbiafs.settings import format_size
 
@@ -76,6 +93,13 @@ SPILL_KEEP = 60.0
 FREE_FLOOR_FRACTION = 0.05
 FREE_FLOOR_BYTES = 1 << 30
 """The cache never fills its file system past this floor: the smaller of 5 % of its size and 1 GiB stays free."""
+
+COMMIT_INTERVAL = 0.1
+"""Seconds a finished download waits, at most, for its row in the index (rows are committed in batches)."""
+COMMIT_BATCH = 64
+"""Rows that make a batch commit at once, without waiting for ``COMMIT_INTERVAL``."""
+CLAIM_WAIT = 5.0
+"""Seconds a fetch waits for a key another fetch (a series ZIP) claimed before downloading it itself."""
 
 Check = Callable[[Path], None]
 """``check(path)`` raises (BadResponseError) if a finished download must not be cached."""
@@ -170,7 +194,8 @@ class InstanceCache:
     ``min_free``: bytes to keep free on the cache's file system (None: the default floor); ``disk_usage``:
     ``(free, total)`` bytes of the file system holding a path (for tests; default ``os.statvfs``).
     ``wait_timeout`` is how long (seconds) a fetch waits for another thread's or process's download of the
-    same key before giving up with RequestTimeoutError. ``flush_interval``: seconds between writes of recorded
+    same key before giving up with RequestTimeoutError; ``claim_wait`` how long it waits for a key claimed
+    by :meth:`claim` before downloading it itself. ``flush_interval``: seconds between writes of recorded
     accesses to the index. ``clock``: the time source of access times (seconds since the epoch).
     Raises ConfigError if the directory cannot be set up, CacheError if its contents cannot be checked (see
     :meth:`reconcile`).
@@ -186,8 +211,14 @@ class InstanceCache:
         clock: Callable[[], float] = time.time,
         min_free: int | None = None,
         disk_usage: Callable[[Path], tuple[int, int]] | None = None,
+        claim_wait: float = CLAIM_WAIT,
     ) -> None:
         self.directory = Path(directory).expanduser().absolute()
+        self.claim_wait = claim_wait
+        self._claims: dict[str, Future[Path | None]] = {}
+        self._claims_lock = threading.Lock()
+        self._pending_rows: list[tuple[str, int, float]] = []
+        self._commit_timer: threading.Timer | None = None
         self.max_bytes = max_bytes
         self._min_free = min_free
         self._disk_usage = disk_usage or _disk_usage
@@ -283,6 +314,9 @@ class InstanceCache:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if self._commit_timer is not None:
+                self._commit_timer.cancel()
+                self._commit_timer = None
         self.flush()
         with self._db_lock:
             self._closed = True
@@ -345,9 +379,12 @@ class InstanceCache:
             log.warning("could not write cache access times to %s", self.directory, exc_info=True)
 
     def flush(self) -> None:
-        """Write the access times and hits recorded in memory since the last flush to the index."""
+        """Write the rows of new entries, and the access times and hits recorded in memory since the last
+        flush, to the index (evicting down to ``max_bytes``)."""
         with self._pending_lock:
-            if not self._pending_atime and not self._pending_total_hits:
+            rows = self._pending_rows
+            self._pending_rows = []
+            if not self._pending_atime and not self._pending_total_hits and not rows:
                 return
             atimes, hits, total = self._pending_atime, self._pending_hits, self._pending_total_hits
             self._pending_atime, self._pending_hits, self._pending_total_hits = {}, {}, 0
@@ -356,8 +393,34 @@ class InstanceCache:
         try:
             with self._transaction() as conn:
                 self._apply_touches(conn, atimes, hits, total)
+                if rows:
+                    self._insert_rows(conn, rows)
         except sqlite3.Error as exc:
             raise CacheError(f"cannot update cache index in {self.directory}: {exc}") from exc
+
+    def _commit_timer_fired(self) -> None:
+        with self._pending_lock:
+            self._commit_timer = None
+        try:
+            self.flush()
+        except Exception:  # a background thread has nobody to raise to; reconcile adopts the files later
+            log.warning("could not index new cache entries in %s", self.directory, exc_info=True)
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[str, int, float]]) -> None:
+        """Index entries renamed into place since the last batch; count their misses; evict to the bound."""
+        added = 0
+        for key, size, now in rows:
+            if not os.path.isfile(self.path_for(key)):
+                continue  # cleared or evicted by another process meanwhile
+            conn.execute(
+                "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)"
+                " ON CONFLICT(key) DO UPDATE SET size = excluded.size, atime = max(atime, excluded.atime)",
+                (key, size, now, now),
+            )
+            added += 1
+        conn.execute("UPDATE meta SET value = value + ? WHERE name = 'misses'", (added,))
+        if self.max_bytes is not None:
+            self._evict(conn, keep=rows[-1][0], bound=self.max_bytes)
 
     def _apply_touches(
         self, conn: sqlite3.Connection, atimes: dict[str, float], hits: dict[str, int], total: int
@@ -409,6 +472,9 @@ class InstanceCache:
         path = self.get(key)
         if path is not None:
             return path
+        claimed = self._wait_for_claim(key)
+        if claimed is not None:
+            return claimed
         led = False
 
         def lead() -> Path:
@@ -420,6 +486,70 @@ class InstanceCache:
         if not led:
             self._touch(key)  # another thread's download served this one: a hit
         return path
+
+    def _wait_for_claim(self, key: str) -> Path | None:
+        """The file of ``key`` once the fetch that claimed it delivers it; None when it is not claimed, or
+        the claim ends without it, or ``claim_wait`` passes first."""
+        with self._claims_lock:
+            waiting = self._claims.get(key)
+        if waiting is None:
+            return None
+        try:
+            got = waiting.result(timeout=self.claim_wait)
+        except FutureTimeoutError:
+            log.debug("%s: its claim did not deliver within %g s; fetching it directly", key, self.claim_wait)
+            return None
+        if got is None:
+            return self.get(key)
+        self._touch(key)
+        return got
+
+    def claim(self, keys: Iterable[str]) -> Claim:
+        """Announce that the caller is about to bring ``keys`` (e.g. a series ZIP): until the claim delivers
+        or releases a key, a :meth:`fetch` of it waits (at most ``claim_wait`` seconds) instead of
+        downloading it. Keys cached or claimed already are left out. Always release the claim."""
+        taken: dict[str, Future[Path | None]] = {}
+        with self._claims_lock:
+            for key in keys:
+                if key in self._claims or key in taken or self.peek(key) is not None:
+                    continue
+                taken[key] = self._claims[key] = Future()
+        return Claim(self, taken)
+
+    def _end_claim(self, key: str, waiting: Future[Path | None], path: Path | None) -> None:
+        with self._claims_lock:
+            if self._claims.get(key) is waiting:
+                del self._claims[key]
+        if not waiting.done():
+            waiting.set_result(path)
+
+    def store(
+        self, key: str, write: Callable[[BinaryIO], int], *, expected: int = 0, check: Check | None = None
+    ) -> Path | None:
+        """File ``key`` from ``write(out)`` (checked like a download) unless someone is downloading it now.
+
+        Returns the file (cached already, or just written), or None when another thread or process holds
+        the key's download (it will bring the file). Raises what :meth:`fetch` raises, ``check``'s error
+        included (nothing is cached then).
+        """
+        final = self.path_for(key)
+        if self.peek(key) is not None:
+            return final
+        name = final.name
+        self._drop_spilled()
+        try:
+            lock_fd = self._lock_key(name, blocking=False)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _disk_error(f"cannot lock {name} in {self._locks}: {exc}", exc) from exc
+        try:
+            if os.path.isfile(final):
+                return final
+            self._make_room(expected)
+            return self._download(key, final, write, check)
+        finally:
+            self._unlock_key(name, lock_fd)
 
     def _fetch_as_leader(
         self, key: str, download: Callable[[BinaryIO], int], expected: int, check: Check | None
@@ -464,8 +594,7 @@ class InstanceCache:
             out = os.fdopen(fd, "wb")
             try:
                 written = download(out)  # whatever it raises goes to the caller unchanged
-                out.flush()
-                os.fsync(out.fileno())
+                out.flush()  # no fsync: see the module's docstring (Crashes)
                 size = os.fstat(out.fileno()).st_size
                 out.close()
             except OSError as exc:
@@ -486,7 +615,7 @@ class InstanceCache:
                 done = True
                 return spilled
             try:
-                self._commit(key, tmp, final, size)
+                self._place(key, tmp, final, size)
             except OSError as exc:
                 raise _write_error(f"cannot cache {key}: {exc}", exc, tmp) from exc
             except sqlite3.Error as exc:
@@ -530,6 +659,7 @@ class InstanceCache:
     def _evict_bytes(self, nbytes: int) -> int:
         """Evict least recently used entries totalling at least ``nbytes`` if there are that many; returns
         the bytes evicted."""
+        self.flush()  # new entries become candidates too
         atimes, hits, total = self._take_pending()
         freed = 0
         try:
@@ -574,21 +704,19 @@ class InstanceCache:
         for path in old:
             self._unlink(path)
 
-    def _commit(self, key: str, tmp: Path, final: Path, size: int) -> None:
-        """Rename the finished download into place, index it, count a miss and evict, in one transaction."""
-        now = self._clock()
-        atimes, hits, total = self._take_pending()
-        with self._transaction() as conn:
-            self._apply_touches(conn, atimes, hits, total)  # so the LRU order below is current
-            os.replace(tmp, final)
-            conn.execute(
-                "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)"
-                " ON CONFLICT(key) DO UPDATE SET size = excluded.size, atime = excluded.atime",
-                (key, size, now, now),
-            )
-            conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'misses'")
-            if self.max_bytes is not None:
-                self._evict(conn, keep=key, bound=self.max_bytes)
+    def _place(self, key: str, tmp: Path, final: Path, size: int) -> None:
+        """Rename the finished download into place now; its row follows in the next batch commit."""
+        os.replace(tmp, final)
+        with self._pending_lock:
+            self._pending_rows.append((key, size, self._clock()))
+            now = len(self._pending_rows) >= COMMIT_BATCH
+            if not now and self._commit_timer is None and not self._closed:
+                self._commit_timer = threading.Timer(COMMIT_INTERVAL, self._commit_timer_fired)
+                self._commit_timer.daemon = True
+                self._commit_timer.name = "nbiafs-cache-commit"
+                self._commit_timer.start()
+        if now:
+            self.flush()
 
     def _evict(self, conn: sqlite3.Connection, *, keep: str, bound: int) -> None:
         (total,) = conn.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
@@ -701,6 +829,8 @@ class InstanceCache:
         Downloads in progress finish and are cached afterwards.
         """
         self._take_pending()
+        with self._pending_lock:
+            self._pending_rows = []
         removed = 0
         try:
             with self._transaction() as conn:
@@ -728,10 +858,12 @@ class InstanceCache:
     def reconcile(self) -> None:
         """Make the index agree with the disk (done on start-up; O(entries), for maintenance, not hot paths).
 
-        Forgets entries whose file vanished, corrects sizes, adopts entry files the index lacks (a process
-        died between rename and commit), removes partial downloads and lock files of dead processes.
+        Forgets entries whose file vanished, removes files whose size is not the one indexed (cut by a power
+        loss: instances never change), adopts entry files the index lacks if they are complete DICOM files (a
+        process died between rename and commit), removes partial downloads and lock files of dead processes.
         """
         try:
+            self.flush()  # this process's new entries are indexed, not adopted
             self._remove_stale_files()
             with self._transaction() as conn:
                 indexed = {key: size for key, size in conn.execute("SELECT key, size FROM entries")}
@@ -753,9 +885,19 @@ class InstanceCache:
                         log.info("cache entry %s vanished from disk; forgetting it", key)
                         conn.execute("DELETE FROM entries WHERE key = ?", (key,))
                     elif on_disk[key][0] != size:
-                        conn.execute("UPDATE entries SET size = ? WHERE key = ?", (on_disk[key][0], key))
+                        # Instances never change: another size is a file cut by a power loss.
+                        log.warning("cache entry %s is not the size indexed; removing it", key)
+                        conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+                        self._unlink(self.path_for(key))
+                        del on_disk[key]
                 for key, (size, mtime) in on_disk.items():
                     if key not in indexed:
+                        try:
+                            check_complete(self.path_for(key))
+                        except BadResponseError as exc:
+                            log.warning("unindexed cache file for %s is damaged (%s); removing it", key, exc)
+                            self._unlink(self.path_for(key))
+                            continue
                         log.info("adopting unindexed cache file for %s", key)
                         conn.execute(
                             "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)",
@@ -797,3 +939,42 @@ class InstanceCache:
             except BlockingIOError:
                 continue
             self._unlock_key(name, fd)  # unlinks it
+
+
+class Claim:
+    """Keys an :meth:`InstanceCache.claim` caller promised to bring; fetches of them wait for it. A context
+    manager: leaving it releases what was not delivered."""
+
+    def __init__(self, cache: InstanceCache, waiting: dict[str, Future[Path | None]]) -> None:
+        self._cache = cache
+        self._waiting = waiting
+        self._lock = threading.Lock()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The keys still claimed (not yet delivered or released)."""
+        with self._lock:
+            return frozenset(self._waiting)
+
+    def deliver(self, key: str, path: Path) -> None:
+        """``key`` is cached at ``path``: wake its waiters."""
+        self._end(key, path)
+
+    def release(self, keys: Iterable[str] | None = None) -> None:
+        """Give up ``keys`` (None: every key left): their waiters download them themselves."""
+        with self._lock:
+            chosen = list(self._waiting) if keys is None else list(keys)
+        for key in chosen:
+            self._end(key, None)
+
+    def _end(self, key: str, path: Path | None) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            self._cache._end_claim(key, waiting, path)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -7,11 +7,14 @@ them structurally (no inheritance), and so do the fakes of the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from nbiafs.api.records import Patient, Series, Study
+
+if TYPE_CHECKING:
+    from nbiafs.fs.instance_cache import Claim
 
 Writer = Callable[[BinaryIO], int]
 """``download(out) -> bytes written``: writes one instance to ``out``."""
@@ -68,6 +71,15 @@ class ArchiveClient(Protocol):
         ...
 
 
+@runtime_checkable
+class SeriesStreamer(Protocol):
+    """A client that can stream a whole series as getImage's ZIP (the tree uses it when the client has it)."""
+
+    def stream_series(self, series_instance_uid: str) -> Iterator[bytes]:
+        """The ZIP body in pieces as they arrive; raises NbiaError subclasses (midway too)."""
+        ...
+
+
 class InstanceStore(Protocol):
     """A disk cache of instance files by key (the tree's keys: server hash and SOPInstanceUID), with single
     flight per key."""
@@ -93,4 +105,12 @@ class InstanceStore(Protocol):
         Raises what ``download`` and ``check`` raise, RequestTimeoutError after waiting too long for another download,
         CacheError (NoSpaceError when the disk is full) when the file cannot be written.
         """
+        ...
+
+    def store(self, key: str, write: Writer, *, expected: int = 0, check: Check | None = None) -> Path | None:
+        """File ``key`` from ``write`` (checked) unless cached (its path) or being downloaded (None)."""
+        ...
+
+    def claim(self, keys: Iterable[str]) -> Claim:
+        """Promise to bring ``keys``: fetches of them wait for the claim's delivery or release."""
         ...

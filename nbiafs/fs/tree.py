@@ -35,6 +35,22 @@ Offline (:mod:`nbiafs.fs.offline`). When the server cannot be reached the tree s
 (memory or disk, whatever its age), answers a name missing from a held listing with NotFoundError at once, and
 raises UnavailableError at once for a listing or an instance never cached; a background probe brings it back.
 
+Fetch strategy. Opening an instance downloads it (getSingleImage). When a reader walks a series (the second
+consecutive open in listing order, see :mod:`~nbiafs.fs.readahead`), a series of small instances
+(``FileSize / ImageCount`` under ``ZIP_MAX_AVERAGE``) is streamed as one getImage ZIP whose members are filed
+as they land, each under the SOPInstanceUID read from its header (:mod:`~nbiafs.fs.series_zip`); the ZIP
+claims the series' instances in the disk cache, so a reader waiting for one is released as soon as its member
+lands, and what the ZIP does not bring is fetched one by one. Larger instances are read ahead one by one,
+``WIDE_WINDOW`` times ``readahead`` ahead. A reader that walks from one series into the next has the
+``SERIES_AHEAD`` series after it listed and started. Every background request runs in one
+:class:`~nbiafs.fs.background.BackgroundPool` of ``max_connections - 2`` threads, in the order a depth-first
+walker reaches them, so a reader's own request never queues behind them in the client's pool.
+
+Listing prefetch. Listing a patient lists its first study (one getSeries serves all its studies) and that
+study's first series; listing a study lists its first series. Listing two sibling directories in a row is a
+walk of their parent: its whole subtree is listed in the background (at most ``LISTINGS_AHEAD`` directories
+ahead of the walker, one request per directory). ``readahead`` 0 turns every prefetch off.
+
 Instances are cached under ``<hash of the server's API URL>_<SOPInstanceUID>`` (two mounts of one server share
 them, another server cannot supply them) and only once :func:`~nbiafs.fs.dicomcheck.check_instance` accepts
 the download as the complete DICOM instance asked for.
@@ -42,31 +58,36 @@ the download as the complete DICOM instance asked for.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import LRUCache, TLRUCache, TTLCache
 
 from nbiafs.api.records import Patient, Series, Study
-from nbiafs.errors import NotFoundError, UnavailableError
+from nbiafs.errors import NbiaError, NotFoundError, UnavailableError
 from nbiafs.fs import names
+from nbiafs.fs.background import BackgroundPool, Priority, background_slots
 from nbiafs.fs.dicomcheck import check_instance
+from nbiafs.fs.instance_cache import Claim
 from nbiafs.fs.listing_store import MetaStore
 from nbiafs.fs.listings import Listing, ListingCache, remember
 from nbiafs.fs.offline import PROBE_INTERVAL, Connectivity
-from nbiafs.fs.protocols import ArchiveClient, InstanceStore
+from nbiafs.fs.protocols import ArchiveClient, InstanceStore, SeriesStreamer
 from nbiafs.fs.readahead import ReadAhead
-from nbiafs.settings import TreeSettings
+from nbiafs.fs.series_zip import copy_member, file_series
+from nbiafs.settings import ClientSettings, TreeSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +103,18 @@ _EPOCH = 0.0
 _STALE_DIR_KEEP = 5.0  # seconds a directory built from an expired (offline) listing is kept in memory
 
 _R = TypeVar("_R", Study, Series)
+
+ZIP_MAX_AVERAGE = 256 * 1024
+"""A series whose instances average fewer bytes than this (FileSize / ImageCount) is fetched as one getImage
+ZIP when a reader walks it; larger ones instance by instance (getSingleImage), many at once."""
+WIDE_WINDOW = 2
+"""Read-ahead of instance-by-instance series fetches this many times ``TreeSettings.readahead`` ahead."""
+SERIES_AHEAD = 2
+"""Series fetched ahead of a reader that walks from one series to the next (listing and first instances)."""
+LISTINGS_AHEAD = 256
+"""Directories a walk's listing prefetch may run ahead of the walker."""
+_LEVELS = 4  # collection, patient, study, series: the directories above instances
+_FAR = 1 << 30  # the position of a name not (yet) in a listing
 
 
 @dataclass(frozen=True)
@@ -241,17 +274,34 @@ class ArchiveTree:
         wanted = self.settings.collections
         self._wanted = None if wanted is None else {c.casefold() for c in wanted}
         bound = cache.max_bytes
+        self._ahead_bytes = bound // 4 if bound else None
+        self._streamer = client if isinstance(client, SeriesStreamer) else None
+        self.background = BackgroundPool(background_slots(_max_connections(client)), "nbiafs-background")
         self._readahead = ReadAhead(
             self._prefetch,
-            lambda sop: cache.peek(self.instance_key(sop)) is not None,
-            window=self.settings.readahead,
-            max_bytes=bound // 4 if bound else None,
+            self._cached,
+            window=self.settings.readahead * WIDE_WINDOW,
+            max_bytes=self._ahead_bytes,
+            pool=self.background,
+            whole=self._whole_series,
         )
+        self._walk_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._series_seen: LRUCache[str, tuple[tuple[str, ...], Series | None]] = LRUCache(maxsize=1024)
+        self._zipped: LRUCache[str, bool] = LRUCache(maxsize=1024)  # series streamed as a ZIP
+        self._walked: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=1024)  # series a reader walked
+        self._listed: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=4096)  # directories listed
+        self._dir_walks: LRUCache[tuple[str, ...], _DirWalk] = LRUCache(maxsize=64)
 
     def close(self) -> None:
-        """Stop read-ahead (downloads under way finish or time out) and probing. Unusable afterwards."""
+        """Stop background work (downloads under way finish or time out) and probing. Unusable afterwards."""
+        self._closing.set()
         self.connectivity.close()
         self._readahead.close()
+        self.background.close()
+
+    def _cached(self, sop_uid: str) -> bool:
+        return self._cache.peek(self.instance_key(sop_uid)) is not None
 
     def instance_key(self, sop_uid: str) -> str:
         """The instance cache's key of ``sop_uid`` on this server."""
@@ -275,7 +325,10 @@ class ArchiveTree:
         entry = self._resolve_parts(parts)
         if entry.kind == "instance":
             raise NotFoundError(f"not a directory: {path}")
-        return list(self._dir(tuple(parts), entry).names)
+        listing = self._dir(tuple(parts), entry)
+        if self.settings.readahead and self.connectivity.online:
+            self._note_listdir(tuple(parts), listing)
+        return list(listing.names)
 
     def xattrs(self, path: str) -> dict[str, bytes]:
         """``user.nbia.<Field>`` -> UTF-8 bytes: a directory's API row; a file's UIDs and series fields."""
@@ -357,7 +410,7 @@ class ArchiveTree:
 
     def _prefetch(self, series_uid: str, sop_uid: str) -> None:
         """Read-ahead's fetch: nothing while offline."""
-        if self.connectivity.online:
+        if self.connectivity.online and not self._cached(sop_uid):
             self._fetch(series_uid, sop_uid, 0)
 
     def _note_open(self, series_parts: tuple[str, ...], entry: _Entry) -> None:
@@ -367,8 +420,248 @@ class ArchiveTree:
         if listing is None or listing.positions is None:
             return
         index = listing.positions.get(entry.name)
-        if index is not None:
-            self._readahead.opened(entry.series_uid, listing.sop_uids, index, _estimate(entry.series))
+        if index is None:
+            return
+        with self._walk_lock:
+            self._series_seen[entry.series_uid] = (series_parts, entry.series)
+        started = self._readahead.opened(
+            entry.series_uid, listing.sop_uids, index, _estimate(entry.series), self._position(series_parts)
+        )
+        if index == len(listing.sop_uids) - 1 and len(series_parts) == _LEVELS:
+            with self._walk_lock:  # read to its end (a series of one instance is never "walked")
+                self._walked[series_parts] = True
+        if started and len(series_parts) == _LEVELS:
+            with self._walk_lock:
+                self._walked[series_parts] = True
+            self.background.submit(
+                self._position(series_parts) + (-1,),
+                lambda: self._walk_ahead(series_parts),
+                key=("walk-ahead", series_parts),
+            )
+
+    # --- fetch strategy -----------------------------------------------------------------------------------
+
+    def _position(self, parts: Sequence[str]) -> Priority:
+        """Where ``parts`` is in a depth-first walk of the tree: each name's index in its listing (held in
+        memory), the background pool's priority."""
+        position: list[int] = []
+        for depth in range(len(parts)):
+            with self._lock:
+                listing = self._dirs.get(tuple(parts[:depth]))
+            if listing is None:
+                position.append(_FAR)
+                continue
+            index = bisect.bisect_left(listing.names, parts[depth])
+            found = index < len(listing.names) and listing.names[index] == parts[depth]
+            position.append(index if found else _FAR)
+        return tuple(position)
+
+    def _zip_worthy(self, series: Series | None) -> bool:
+        """Whether ``series`` is fetched as one getImage ZIP: small instances, and it fits read-ahead's bound."""
+        if self._streamer is None or series is None:
+            return False
+        size, count = series.file_size, series.image_count
+        if not size or not count or size <= 0 or count <= 0:
+            return False
+        if self._ahead_bytes is not None and size > self._ahead_bytes:
+            return False
+        return size / count < ZIP_MAX_AVERAGE
+
+    def _whole_series(self, series_uid: str, sop_uids: Sequence[str], start: int) -> bool:
+        """Read-ahead's question when a reader starts walking a series: stream it as a ZIP (True), or not."""
+        with self._walk_lock:
+            seen = self._series_seen.get(series_uid)
+        if seen is None or not self._zip_worthy(seen[1]):
+            return False
+        self._start_zip(seen[0], series_uid, sop_uids)
+        return True
+
+    def _start_zip(self, parts: tuple[str, ...], series_uid: str, sop_uids: Sequence[str]) -> None:
+        """Claim the series' uncached instances and queue its ZIP (once per series; what a ZIP did not bring
+        is fetched one by one by its job)."""
+        with self._walk_lock:
+            if self._zipped.get(series_uid):
+                return
+            self._zipped[series_uid] = True
+        keys = {sop: self.instance_key(sop) for sop in sop_uids}
+        claim = self._cache.claim(keys.values())
+        if not claim.keys:
+            return
+        priority = self._position(parts)
+        queued = self.background.submit(
+            priority,
+            lambda: self._zip_job(series_uid, sop_uids, keys, claim, priority),
+            key=("zip", series_uid),
+        )
+        if not queued:
+            claim.release()
+
+    def _zip_job(
+        self, series_uid: str, sop_uids: Sequence[str], keys: dict[str, str], claim: Claim, priority: Priority
+    ) -> None:
+        """Stream the series' ZIP into the cache, then queue getSingleImage for what it did not bring."""
+        try:
+            if self.connectivity.online and self._streamer is not None and claim.keys:
+                log.debug("streaming series %s as one ZIP (%d instances wanted)", series_uid, len(claim.keys))
+
+                def store(sop: str, key: str, member: IO[bytes], size: int) -> Path | None:
+                    def check(local: Path) -> None:
+                        check_instance(local, sop)
+
+                    return self._cache.store(key, copy_member(member), expected=size, check=check)
+
+                stream = self._streamer.stream_series(series_uid)
+                file_series(series_uid, self._until_closed(stream), keys, store, claim)
+        finally:
+            claim.release()
+            for index, sop in enumerate(sop_uids):
+                if not self._cached(sop):
+                    self.background.submit(
+                        (*priority, index), self._fetch_job(series_uid, sop), key=("instance", sop)
+                    )
+
+    def _until_closed(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks``, abandoned (and closed) when the tree closes."""
+        try:
+            for chunk in chunks:
+                if self._closing.is_set():
+                    raise UnavailableError("the mount is closing")
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _fetch_job(self, series_uid: str, sop_uid: str) -> Callable[[], None]:
+        return lambda: self._prefetch(series_uid, sop_uid)
+
+    def _walk_ahead(self, parts: tuple[str, ...]) -> None:
+        """A reader started walking the series at ``parts``: if it came from the series before it (in listing
+        order), list and start fetching the next ``SERIES_AHEAD`` series."""
+        previous = next(self._series_from(parts, -1), None)
+        with self._walk_lock:
+            came_along = previous is not None and previous in self._walked
+        if not came_along:
+            return
+        budget = self._ahead_bytes
+        for following in itertools.islice(self._series_from(parts, 1), SERIES_AHEAD):
+            entry = self._resolve_parts(following)
+            series = entry.series
+            if budget is not None and series is not None and series.file_size:
+                budget -= series.file_size
+                if budget < 0:
+                    return
+            listing = self._dir(following, entry)
+            if not listing.sop_uids:
+                continue
+            with self._walk_lock:
+                self._series_seen[entry.series_uid] = (following, series)
+            if self._zip_worthy(series):
+                self._start_zip(following, entry.series_uid, listing.sop_uids)
+                continue
+            priority = self._position(following)
+            for index, sop in enumerate(listing.sop_uids[: self.background.workers]):
+                if not self._cached(sop):
+                    self.background.submit(
+                        (*priority, index), self._fetch_job(entry.series_uid, sop), key=("instance", sop)
+                    )
+
+    def _listdir_parts(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        return self._dir(parts, self._resolve_parts(parts)).names
+
+    def _series_from(self, parts: tuple[str, ...], step: int) -> Iterator[tuple[str, ...]]:
+        """Series paths after (``step`` 1) or before (-1) the series at ``parts``, nearest first, within its
+        collection; lists directories lazily, as the caller takes them."""
+
+        def below(prefix: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+            if len(prefix) == _LEVELS:
+                yield prefix
+                return
+            names = self._listdir_parts(prefix)
+            for name in names if step > 0 else reversed(names):
+                yield from below((*prefix, name))
+
+        if len(parts) != _LEVELS:
+            return
+        for level in range(_LEVELS - 1, 0, -1):
+            parent = parts[:level]
+            names = self._listdir_parts(parent)
+            index = bisect.bisect_left(names, parts[level])
+            if index >= len(names) or names[index] != parts[level]:
+                return
+            for name in names[index + 1 :] if step > 0 else reversed(names[:index]):
+                yield from below((*parent, name))
+
+    # --- listing prefetch ---------------------------------------------------------------------------------
+
+    def _note_listdir(self, parts: tuple[str, ...], listing: _Dir) -> None:
+        """A directory was listed: prefetch what a walker will list next."""
+        depth = len(parts)
+        walk: _DirWalk | None = None
+        with self._walk_lock:
+            self._listed[parts] = True
+            for cut in range(1, depth):
+                walk = self._dir_walks.get(parts[:cut])
+                if walk is not None:
+                    walk.walker_listed()
+                    break
+            else:
+                walk = None
+        if walk is None and 1 <= depth - 1 < _LEVELS:
+            parent = parts[:-1]
+            with self._walk_lock:
+                walking = parent in self._listed and self._listed_sibling_before(parent, parts[-1])
+                if walking and parent not in self._dir_walks:
+                    walk = self._dir_walks[parent] = _DirWalk(self)
+                else:
+                    walk = None
+            if walk is not None:
+                log.debug("walk of %s detected: prefetching its listings", "/" + "/".join(parent))
+                self._prefetch_children(parent, walk)
+        if 2 <= depth < _LEVELS and listing.names:
+            # A copy goes down into the first child next: list it now (a study: its first series' SOPs).
+            first = (*parts, listing.names[0])
+            self._queue_listing(first, None, chain=depth == 2)
+
+    def _listed_sibling_before(self, parent: tuple[str, ...], name: str) -> bool:
+        with self._lock:
+            listing = self._dirs.get(parent)
+        if listing is None:
+            return False
+        index = bisect.bisect_left(listing.names, name)
+        return any((*parent, sibling) in self._listed for sibling in listing.names[max(0, index - 2) : index])
+
+    def _prefetch_children(self, parent: tuple[str, ...], walk: _DirWalk | None) -> None:
+        if len(parent) >= _LEVELS:
+            return
+        try:
+            names = self._listdir_parts(parent)
+        except NbiaError as exc:
+            log.debug("prefetch of %s stopped: %s", "/" + "/".join(parent), exc)
+            return
+        for name in names:  # those listed already cost nothing but a look in memory
+            self._queue_listing((*parent, name), walk)
+
+    def _queue_listing(self, parts: tuple[str, ...], walk: _DirWalk | None, *, chain: bool = False) -> None:
+        """List ``parts`` in the background (then, for a walk, queue its children; with ``chain``, its first
+        child)."""
+
+        def job() -> None:
+            if walk is not None and not walk.may_run(job_key, self._position(parts), job):
+                return
+            if not self.connectivity.online:
+                return
+            entry = self._resolve_parts(parts)
+            if entry.kind == "instance":
+                return
+            listing = self._dir(parts, entry)
+            if walk is not None:
+                self._prefetch_children(parts, walk)
+            elif chain and listing.names and len(parts) < _LEVELS:
+                self._queue_listing((*parts, listing.names[0]), None)
+
+        job_key = ("list", parts, walk is not None)  # a walk's job goes on to the children: never merged
+        self.background.submit(self._position(parts), job, key=job_key)
 
     # --- resolution ---------------------------------------------------------------------------------------
 
@@ -654,3 +947,40 @@ class ArchiveTree:
 def _same(value: str | None, expected: str) -> bool:
     """A row's field matches (the server filters Collection/PatientID case-insensitively; we do not)."""
     return value is None or value == expected
+
+
+def _max_connections(client: object) -> int:
+    """The client's connection limit (``ClientSettings.max_connections``), or the default."""
+    settings = getattr(client, "settings", None)
+    if isinstance(settings, ClientSettings):
+        return settings.max_connections
+    return ClientSettings().max_connections
+
+
+class _DirWalk:
+    """A walker's listing prefetch under one directory: it runs at most ``LISTINGS_AHEAD`` listings ahead of
+    the walker; the rest wait until the walker lists more."""
+
+    def __init__(self, tree: ArchiveTree) -> None:
+        self._tree = tree
+        self._lock = threading.Lock()
+        self._ahead = 0
+        self._parked: list[tuple[tuple[Any, ...], Priority, Callable[[], None]]] = []
+
+    def may_run(self, key: tuple[Any, ...], priority: Priority, job: Callable[[], None]) -> bool:
+        """Whether a listing job may run now; if not, it is parked until the walker catches up."""
+        with self._lock:
+            if self._ahead >= LISTINGS_AHEAD:
+                self._parked.append((key, priority, job))
+                return False
+            self._ahead += 1
+            return True
+
+    def walker_listed(self) -> None:
+        """The walker listed a directory below: one more listing may run ahead."""
+        with self._lock:
+            self._ahead = max(0, self._ahead - 1)
+            resumed = self._parked.pop(0) if self._parked else None
+        if resumed is not None:
+            key, priority, job = resumed
+            self._tree.background.submit(priority, job, key=key)

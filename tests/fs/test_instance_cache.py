@@ -13,9 +13,9 @@ from typing import BinaryIO
 
 import pytest
 
-from nbiafs.errors import CacheError, ConfigError, UnavailableError
+from nbiafs.errors import BadResponseError, CacheError, ConfigError, UnavailableError
 from nbiafs.fs.instance_cache import InstanceCache, entry_name, key_from_name
-from tests.fs.helpers import FakeClock, in_threads, wait_for
+from tests.fs.helpers import FakeClock, dicom_bytes, in_threads, wait_for
 
 UID = "1.3.6.1.4.1.14519.5.2.1.7695.1700.{}"
 
@@ -72,10 +72,12 @@ def test_lru_order_and_bound(tmp_path: Path) -> None:
         assert cache.get(keys[0]) is not None  # keys[0] is now the most recently used; keys[1] the least
         clock.advance(1)
         cache.fetch(keys[3], writer(b"b" * 300))  # 1200 > 1000: evict one
+        cache.flush()  # rows are committed (and the bound enforced) in batches
         assert cache.peek(keys[1]) is None
         assert [cache.peek(k) for k in (keys[0], keys[2], keys[3])] == [300, 300, 300]
         clock.advance(1)
         cache.fetch(UID.format(9), writer(b"c" * 500))  # 1400: evict keys[2] then keys[0]
+        cache.flush()
         assert cache.peek(keys[2]) is None and cache.peek(keys[0]) is None
         info = cache.info()
         assert info.total_bytes == 800 <= 1000
@@ -225,7 +227,10 @@ def test_unindexed_file_is_adopted_and_stale_leftovers_removed(tmp_path: Path) -
         final = c.path_for(key)
     # what a process killed between rename and commit, and one killed mid-download, leave behind
     final.parent.mkdir(parents=True, exist_ok=True)
-    final.write_bytes(b"orphan")
+    final.write_bytes(dicom_bytes("1.2.3.5"))
+    damaged = final.parent.parent / "00" / entry_name(UID.format(7))
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(dicom_bytes("1.2.3.7")[:200])  # a power loss cut it
     stale = final.parent / (entry_name(UID.format(6)) + ".abc123.part")
     stale.write_bytes(b"half")
     (directory / "locks" / (entry_name(UID.format(6)) + ".lock")).write_bytes(b"")
@@ -233,8 +238,9 @@ def test_unindexed_file_is_adopted_and_stale_leftovers_removed(tmp_path: Path) -
         assert not stale.exists()
         assert not (directory / "locks" / (entry_name(UID.format(6)) + ".lock")).exists()
         info = c.info()
-        assert (info.entries, info.total_bytes) == (1, 6)
+        assert (info.entries, info.total_bytes) == (1, final.stat().st_size)
         assert c.get(key) == final
+        assert not damaged.exists()
 
 
 def test_stale_part_of_the_key_is_removed_when_fetching(cache: InstanceCache) -> None:
@@ -332,3 +338,96 @@ def test_two_processes_share_one_download(tmp_path: Path) -> None:
     with InstanceCache(directory, None) as c:
         info = c.info()
         assert (info.entries, info.misses, info.hits) == (1, 1, 1)
+
+
+# --- claims, store, batched bookkeeping ---------------------------------------------------------------------
+
+
+def test_a_fetch_of_a_claimed_key_waits_for_its_delivery(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    claim = cache.claim([key, UID.format(2)])
+    assert claim.keys == {key, UID.format(2)}
+    calls: list[str] = []
+    got: list[Path] = []
+    reader = threading.Thread(target=lambda: got.append(cache.fetch(key, writer(b"own", calls))))
+    reader.start()
+    wait_for(lambda: reader.is_alive())
+    time.sleep(0.05)
+    assert not got  # waiting for the claim
+    path = cache.store(key, writer(b"from the zip"))
+    assert path is not None
+    claim.deliver(key, path)
+    reader.join(10)
+    assert got == [path] and path.read_bytes() == b"from the zip" and calls == []
+    claim.release()
+    assert not claim.keys
+
+
+def test_a_released_claim_lets_the_waiter_download(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    with cache.claim([key]):
+        calls: list[str] = []
+        results, errors = in_threads(
+            lambda: cache.fetch(key, writer(b"own", calls)), lambda: time.sleep(0.05)
+        )
+    assert not errors and calls and cache.peek(key) == 3
+
+
+def test_a_slow_claim_is_not_waited_for_forever(tmp_path: Path) -> None:
+    with InstanceCache(tmp_path / "c", 10_000, claim_wait=0.05) as c:
+        claim = c.claim([UID.format(1)])
+        assert c.fetch(UID.format(1), writer(b"own")).read_bytes() == b"own"
+        claim.release()
+
+
+def test_claims_leave_out_cached_and_claimed_keys(cache: InstanceCache) -> None:
+    cache.fetch(UID.format(1), writer(b"x"))
+    first = cache.claim([UID.format(1), UID.format(2)])
+    second = cache.claim([UID.format(2), UID.format(3)])
+    assert first.keys == {UID.format(2)} and second.keys == {UID.format(3)}
+    first.release()
+    second.release()
+
+
+def test_store_leaves_a_key_being_downloaded_alone(cache: InstanceCache) -> None:
+    key = UID.format(1)
+    started = threading.Event()
+
+    def slow(out: BinaryIO) -> int:
+        started.set()
+        time.sleep(0.3)
+        return out.write(b"download")
+
+    reader = threading.Thread(target=lambda: cache.fetch(key, slow))
+    reader.start()
+    started.wait(5)
+    assert cache.store(key, writer(b"zip")) is None
+    reader.join(10)
+    assert cache.store(key, writer(b"zip")) == cache.path_for(key)
+    assert cache.path_for(key).read_bytes() == b"download"
+
+
+def test_store_refuses_what_its_check_refuses(cache: InstanceCache) -> None:
+    def refuse(path: Path) -> None:
+        raise BadResponseError("not the instance")
+
+    with pytest.raises(BadResponseError):
+        cache.store(UID.format(1), writer(b"junk"), check=refuse)
+    assert cache.peek(UID.format(1)) is None
+
+
+def test_rows_are_committed_in_batches_without_fsync(
+    cache: InstanceCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("fsync called")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    commits: list[str] = []
+    cache._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    for i in range(100):
+        path = cache.fetch(UID.format(i), writer(b"x" * 10))
+        assert path.exists() and cache.get(UID.format(i)) == path  # visible at once
+    info = cache.info()
+    assert (info.entries, info.misses) == (100, 100)
+    assert len(commits) < 25  # one per batch, not one per instance

@@ -276,7 +276,13 @@ def test_remount_on_the_same_metastore_makes_no_request(cache: InstanceCache, st
     tree = ArchiveTree(first, cache, store, TreeSettings())
     listings = [tree.listdir(p) for p in paths]
     node = tree.lookup(f"{SERIES_DIR}/{CT_NAME}/1.2.3.1.9.33333.1.dcm")
-    assert first.total() == 5
+    assert tree.background.join(10)
+    # five listings, and the first series' SOP list prefetched when its study was listed
+    first_series = listings[3][0]
+    assert first_series != CT_NAME and first.total() == 6
+    listings.append(tree.listdir(f"{SERIES_DIR}/{first_series}"))
+    paths.append(f"{SERIES_DIR}/{first_series}")
+    assert first.total() == 6
 
     second = FakeClient()
     again = ArchiveTree(second, cache, MetaStore(store.directory), TreeSettings())
@@ -419,6 +425,7 @@ def test_tiny_memory_falls_back_to_the_metastore(
     client = FakeClient()
     tree = ArchiveTree(client, cache, store, TreeSettings())
     first = tree.listdir(SERIES_DIR)
+    assert tree.background.join(10)  # the first series' SOP list, prefetched
     calls = client.total()
     for _ in range(3):
         assert tree.listdir(SERIES_DIR) == first  # answers too big for memory come back from disk
