@@ -66,7 +66,8 @@ class TreeSettings:
     (None: all). ``series_filter``: mount only these SeriesInstanceUIDs (a manifest or a cart).
     ``listing_ttl``: seconds a listing stays fresh (memory and disk). ``negative_ttl``: seconds a name missing
     from a listing stays missing. ``readahead``: instances of a series fetched ahead of a sequential reader
-    (0: off).
+    (0: off). ``poll_interval``: seconds between two questions to the server about what it published since
+    (getUpdatedSeries), whose answer makes only the affected listings be asked again (0: never ask).
     """
 
     layout: str = "descriptive"
@@ -75,6 +76,7 @@ class TreeSettings:
     listing_ttl: float = 86400.0
     negative_ttl: float = 30.0
     readahead: int = 32
+    poll_interval: float = 600.0
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -83,6 +85,8 @@ class TreeSettings:
             raise ConfigError("the listing and negative TTLs must not be negative")
         if self.readahead < 0:
             raise ConfigError("read-ahead must not be negative")
+        if self.poll_interval < 0:
+            raise ConfigError("the poll interval must not be negative")
 
 
 DEFAULT_CACHE_SIZE = 20 << 30

@@ -60,7 +60,7 @@ means --server/--api-url or the default, tcia. As an /etc/fstab entry (mount(8) 
 
 -o options (comma-separated, repeatable; `-o key=value` sets the flag of the same name, `-` or `_` alike):
   settings   cache_size, cache_dir, layout, collection (repeatable), manifest, cart, listing_ttl,
-             negative_ttl, readahead, timeout, retries, server, api_url, token_url, user=NAME,
+             negative_ttl, readahead, poll_interval, timeout, retries, server, api_url, token_url, user=NAME,
              credentials_file, log_file, share_restricted_data
   mounting   nonempty (mount over a non-empty directory), max_threads=N (operations served at once,
              default %(max_threads)d)
@@ -87,6 +87,7 @@ SETTING_OPTIONS = {
     "listing_ttl": "listing_ttl",
     "negative_ttl": "negative_ttl",
     "readahead": "readahead",
+    "poll_interval": "poll_interval",
     "timeout": "timeout",
     "retries": "retries",
     "server": "server",
@@ -203,6 +204,14 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="instances of a series fetched ahead of a sequential reader (0: off; default %(default)s)",
     )
     parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=tree.poll_interval,
+        metavar="S",
+        help="seconds between asking the server what it published since (getUpdatedSeries): new series "
+        "appear within this time, with no remount (0: never ask; default %(default)s)",
+    )
+    parser.add_argument(
         "--share-restricted-data-with-all-users",
         dest="share_restricted",
         action="store_true",
@@ -281,6 +290,7 @@ def settings_from_args(
             listing_ttl=args.listing_ttl,
             negative_ttl=args.negative_ttl,
             readahead=args.readahead,
+            poll_interval=args.poll_interval,
         ),
         cache=CacheSettings(directory=cache_dir.absolute(), max_bytes=parse_size(args.cache_size)),
         cart=args.cart,

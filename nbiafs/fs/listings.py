@@ -305,6 +305,16 @@ class ListingCache:
             remember(self._answers, key, answer)
         return answer
 
+    def knows(self, collection: str, patient_id: str) -> tuple[bool, bool]:
+        """Whether the listings held in memory (of any age) already name ``collection`` in the root, and
+        ``patient_id`` in that collection; (True, True) when nothing is held (nothing to refresh there)."""
+        with self._lock:
+            root = self._answers.get(_key("collections"))
+            patients = self._answers.get(_key("patients", collection))
+        in_root = root is None or collection in root.rows
+        in_collection = patients is None or any(p.patient_id == patient_id for p in patients.rows)
+        return in_root, in_collection
+
     def _forget_others(self, answer: Listing[str]) -> None:
         """Drop cached listings (memory and disk) of collections a fresh getCollectionValues no longer names."""
         if not answer.rows:

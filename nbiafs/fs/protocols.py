@@ -7,6 +7,7 @@ them structurally (no inheritance), and so do the fakes of the tests.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
@@ -60,6 +61,10 @@ class ArchiveClient(Protocol):
         series_instance_uid: str | None = None,
     ) -> Sequence[Series]:
         """getSeries rows matching every filter given."""
+        ...
+
+    def updated_series(self, since: dt.date) -> Sequence[Series]:
+        """Series released after the day ``since`` (getUpdatedSeries), for live freshness."""
         ...
 
     def sop_instance_uids(self, series_instance_uid: str) -> Sequence[str]:

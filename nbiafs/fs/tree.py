@@ -80,6 +80,7 @@ from nbiafs.errors import NbiaError, NotFoundError, UnavailableError
 from nbiafs.fs import names
 from nbiafs.fs.background import BackgroundPool, Priority, background_slots
 from nbiafs.fs.dicomcheck import check_instance
+from nbiafs.fs.freshness import Changes, FreshnessPoller
 from nbiafs.fs.instance_cache import Claim
 from nbiafs.fs.listing_store import MetaStore
 from nbiafs.fs.listings import Listing, ListingCache, remember
@@ -292,10 +293,22 @@ class ArchiveTree:
         self._walked: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=1024)  # series a reader walked
         self._listed: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=4096)  # directories listed
         self._dir_walks: LRUCache[tuple[str, ...], _DirWalk] = LRUCache(maxsize=64)
+        self.changes = Changes()
+        self._freshness = FreshnessPoller(
+            client.updated_series,
+            self.changes,
+            self.connectivity,
+            self._listings.knows,
+            interval=self.settings.poll_interval,
+            start=clock() - self.settings.listing_ttl,
+            clock=clock,
+        )
+        self._freshness.start()
 
     def close(self) -> None:
         """Stop background work (downloads under way finish or time out) and probing. Unusable afterwards."""
         self._closing.set()
+        self._freshness.close()
         self.connectivity.close()
         self._readahead.close()
         self.background.close()
@@ -708,6 +721,8 @@ class ArchiveTree:
         raise NotFoundError(f"no such entry: {where}")
 
     def _dir(self, parts: tuple[str, ...], entry: _Entry, fresh_after: float = -math.inf) -> _Dir:
+        # A directory the server said changed (live freshness) is listed again once.
+        fresh_after = max(fresh_after, self.changes.since(_change_key(entry)))
         with self._lock:
             cached = self._dirs.get(parts)
         fresh = cached is not None and cached.fetched_at >= fresh_after
@@ -984,3 +999,14 @@ class _DirWalk:
         if resumed is not None:
             key, priority, job = resumed
             self._tree.background.submit(priority, job, key=key)
+
+
+def _change_key(entry: _Entry) -> tuple[str, ...]:
+    """The :class:`Changes` key whose marks make ``entry``'s listing stale (a series' instances never change)."""
+    if entry.kind == "root":
+        return ()
+    if entry.kind == "collection":
+        return (entry.collection,)
+    if entry.kind in ("patient", "study"):
+        return (entry.collection, entry.patient_id)
+    return ("", "", "")  # never marked

@@ -277,6 +277,9 @@ class CountingClient:
         self._count("series", str(patient_id))
         return list(self.series_[str(patient_id)])
 
+    def updated_series(self, since: Any) -> list[Any]:
+        return []
+
     def sop_instance_uids(self, series_instance_uid: str) -> list[str]:
         self._count("sops", series_instance_uid)
         return [f"{series_instance_uid}.{i}" for i in range(10, 22)]

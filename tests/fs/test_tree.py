@@ -103,6 +103,7 @@ class FakeClient:
             ],
             (C2, "p/1"): [Series("9.9.1.1", "9.9.1", C2, "p/1", modality="CR", raw={})],
         }
+        self.updated: list[Series] = []  # what getUpdatedSeries answers
         self.sops = {
             SEG_A: ["1.2.3.1.7.55555.1"],
             SEG_B: ["1.2.3.1.8.55555.1"],
@@ -158,6 +159,10 @@ class FakeClient:
             ]
         assert collection is not None and patient_id is not None, "never list a whole collection's series"
         return self._order(self.series_data.get((collection, patient_id), []))
+
+    def updated_series(self, since: dt.date) -> list[Series]:
+        self._call("updated", since)
+        return list(self.updated)
 
     def sop_instance_uids(self, series_instance_uid: str) -> list[str]:
         self._call("sops", series_instance_uid)
