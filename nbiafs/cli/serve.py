@@ -19,6 +19,8 @@ from typing import Any
 from nbiafs.cli.logs import add_logging_options
 from nbiafs.errors import ConfigError
 from nbiafs.server import RESTRICTED_COLLECTION, ArchiveServer, ServerConfig, ServerConfigError
+from nbiafs.server.config import FAULT_GROUPS, FAULTS, TRUNCATE_STYLES
+from nbiafs.settings import parse_size
 
 PASSWORD_ENV = "NBIA_SERVE_PASSWORD"
 API_KEYS_ENV = "NBIA_SERVE_API_KEYS"
@@ -43,6 +45,78 @@ def register(subparsers: Any) -> None:
     p.add_argument("--error-rate-503", type=float, default=0.0, metavar="F", help="fraction answered 503")
     p.add_argument("--error-rate-429", type=float, default=0.0, metavar="F", help="fraction answered 429")
     p.add_argument("--cut-rate", type=float, default=0.0, metavar="F", help="fraction of downloads cut")
+    faults = p.add_argument_group(
+        "hostile faults",
+        "each hits a seeded fraction F of the requests in its scope (--fault-scope). By default trickle,\n"
+        "truncate, corrupt, wrong-sop and html hit image downloads (getSingleImage and the series ZIPs), drop\n"
+        "hits every API request, huge-json the metadata endpoints. The server stopped: end it (Ctrl-C).",
+    )
+    faults.add_argument(
+        "--trickle-rate", type=float, default=0.0, metavar="F", help="fraction of bodies trickled"
+    )
+    faults.add_argument(
+        "--trickle-bytes", type=int, default=1, metavar="N", help="bytes per trickle (default 1)"
+    )
+    faults.add_argument(
+        "--trickle-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between trickles (default 2)",
+    )
+    faults.add_argument(
+        "--drop-rate", type=float, default=0.0, metavar="F", help="fraction of requests closed unanswered"
+    )
+    faults.add_argument(
+        "--truncate-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction sent cut short, no Content-Length",
+    )
+    faults.add_argument(
+        "--truncate-style",
+        choices=TRUNCATE_STYLES,
+        default="close",
+        help="how a truncated body ends: a clean close (default), a dropped chunked body, a short chunked body",
+    )
+    faults.add_argument(
+        "--corrupt-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of instances with altered bytes",
+    )
+    faults.add_argument(
+        "--wrong-sop-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction answered with another instance",
+    )
+    faults.add_argument(
+        "--html-rate", type=float, default=0.0, metavar="F", help="fraction answered 200 HTML"
+    )
+    faults.add_argument(
+        "--huge-json-rate", type=float, default=0.0, metavar="F", help="fraction of JSON lists blown up"
+    )
+    faults.add_argument(
+        "--huge-json-bytes",
+        default="100M",
+        metavar="SIZE",
+        help="size of a blown-up JSON answer (default 100M)",
+    )
+    faults.add_argument(
+        "--blackhole", action="store_true", help="accept no connection and answer nothing (dropped SYNs)"
+    )
+    faults.add_argument(
+        "--fault-scope",
+        action="append",
+        default=[],
+        metavar="FAULT=WHERE[,WHERE...]",
+        help=f"limit a fault ({', '.join(FAULTS)}) to endpoint names or groups ({', '.join(FAULT_GROUPS)}); "
+        "repeatable",
+    )
     p.add_argument("--token-lifetime", type=float, default=7200.0, metavar="S", help="access token lifetime")
     p.add_argument("--refresh-lifetime", type=float, default=7200.0, metavar="S", help="refresh lifetime")
     p.add_argument(
@@ -93,9 +167,21 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig the parsed arguments describe; raises ConfigError."""
     users = _passwords(args.user, args.password_file)
     keys = {k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()}
-    for name in ("latency", "stall", "error_rate_503", "error_rate_429", "cut_rate"):
+    rates = [f"{fault}_rate" for fault in FAULTS]
+    for name in (
+        "latency",
+        "stall",
+        "error_rate_503",
+        "error_rate_429",
+        "cut_rate",
+        "trickle_interval",
+        *rates,
+    ):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    if args.trickle_bytes < 1:
+        raise ConfigError("--trickle-bytes must be at least 1")
+    scope = _fault_scope(args.fault_scope)
     return ServerConfig(
         users=users,
         restricted={RESTRICTED_COLLECTION: set(users)},
@@ -108,12 +194,40 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         error_rate_503=args.error_rate_503,
         error_rate_429=args.error_rate_429,
         cut_rate=args.cut_rate,
+        trickle_rate=args.trickle_rate,
+        trickle_bytes=args.trickle_bytes,
+        trickle_interval=args.trickle_interval,
+        drop_rate=args.drop_rate,
+        truncate_rate=args.truncate_rate,
+        truncate_style=args.truncate_style,
+        corrupt_rate=args.corrupt_rate,
+        wrong_sop_rate=args.wrong_sop_rate,
+        html_rate=args.html_rate,
+        huge_json_rate=args.huge_json_rate,
+        huge_json_bytes=parse_size(args.huge_json_bytes),
+        blackhole=args.blackhole,
+        fault_scope=scope,
         request_log=args.request_log,
         data_dir=args.data,
         seed=args.seed,
         auth_era=args.auth_era,
         series_size_form=args.series_size_form,
     )
+
+
+def _fault_scope(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--fault-scope FAULT=WHERE,...`` values as ``ServerConfig.fault_scope``; raises ConfigError."""
+    scope: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        fault, sep, where = spec.partition("=")
+        fault = fault.strip().replace("-", "_")
+        names = tuple(n.strip() for n in where.split(",") if n.strip())
+        if not sep or fault not in FAULTS or not names:
+            raise ConfigError(
+                f"--fault-scope {spec!r}: expected FAULT=WHERE[,WHERE...] with FAULT one of {', '.join(FAULTS)}"
+            )
+        scope[fault] = names
+    return scope
 
 
 def _write_port_file(path: str, port: int) -> None:

@@ -7,7 +7,8 @@ by default, with optional faults. Find a behaviour by file name:
 - ``config.py`` knobs; ``errors.py`` exceptions; ``app.py`` start/stop.
 - ``archive.py`` the model; ``synthetic.py`` the synthetic data; ``datadir.py`` indexing real DICOM.
 - ``routes.py`` paths; ``endpoints.py`` which endpoint takes which parameters; ``handler.py`` HTTP and the
-  order of checks; ``transport.py`` throttling, cut connections, chunking.
+  order of checks; ``transport.py`` throttling, trickling, cut connections, chunking; ``faults.py`` the
+  hostile fault modes (trickle, drop, blackhole, truncate, corrupt, wrong SOP, HTML, huge JSON).
 - ``auth.py`` the token store; ``oauth.py`` token endpoint and logout; ``guard.py`` who is calling and what
   a refused caller gets, per era and prefix.
 - ``view.py`` visibility and filters; ``queries.py`` metadata answers; ``rows.py`` their columns;

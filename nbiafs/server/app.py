@@ -84,6 +84,7 @@ class ArchiveServer:
             raise ServerConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
         self._httpd = httpd
         self.port = int(httpd.server_address[1])
+        httpd.service_actions()  # a blackhole configured up front holds from the first connection
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="nbiafs-archive", daemon=True
         )

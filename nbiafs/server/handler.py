@@ -2,6 +2,9 @@
 
 Every answer carries ``Server: nginx`` and a status line without a reason phrase. HEAD is GET without the
 body; OPTIONS answers 200 with ``Allow``; an unknown path is Tomcat's 404 page, a wrong method its 405.
+Hostile faults (``nbiafs.server.faults``; knobs in ``ServerConfig``) are rolled once an answer is made and
+alter how it is sent: trickled, dropped unanswered, truncated, corrupted, another instance's bytes, HTML,
+huge JSON; ``blackhole`` stops accepting connections and answering requests.
 An API request goes through, in order: injected faults (503/429), the Spring-era filter, v4's check of
 parameter names, then (images and the advanced API) the caller before the required parameters, or (lists)
 the required parameters before the caller, and finally the endpoint itself (see the facts file, §1-§3).
@@ -26,16 +29,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from nbiafs.server import advanced, downloads, oauth, queries
+from nbiafs.server import advanced, downloads, faults, oauth, queries
 from nbiafs.server.archive import Archive
 from nbiafs.server.auth import TokenStore, api_key_ok
-from nbiafs.server.config import RequestRecord, ServerConfig
+from nbiafs.server.config import FAULTS, RequestRecord, ServerConfig
 from nbiafs.server.downloads import ZipPlan
 from nbiafs.server.endpoints import Endpoint
 from nbiafs.server.guard import SPRING_GUARDED, Caller, identify
 from nbiafs.server.replies import JSON, TEXT, XML, Reply, bad_request, text, tomcat_error
 from nbiafs.server.routes import Route, resolve
-from nbiafs.server.transport import BodyWriter, ChunkedWriter, ConnectionAbortError
+from nbiafs.server.transport import BodyWriter, ChunkedWriter, ConnectionAbortError, RawWriter
 from nbiafs.server.v3meta import endpoint_metadata
 from nbiafs.server.view import View
 
@@ -45,6 +48,8 @@ Params = dict[str, list[str]]
 SECRET_PARAMS = ("api_key", "access_token")  # never recorded
 # What an untyped JAX-RS answer (v4's parameter-name 400) is labelled with, per kind of endpoint.
 _PRODUCES = {"rows": XML, "zip": "application/octet-stream", "image": "application/dicom", "md5": TEXT}
+HTML = "text/html;charset=UTF-8"
+POLL = 0.05  # seconds between looks at a live knob (blackhole)
 
 
 @dataclass
@@ -91,12 +96,55 @@ class HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], state: ServerState) -> None:
         self.state = state
+        self._holed = False
+        self._fillers: list[socket.socket] = []
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, RequestHandler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("error while serving %s", client_address, exc_info=True)
+
+    # -- the blackhole fault: no accept, a full backlog, so the kernel drops new connection attempts --------
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        if self._holed or self.state.config.blackhole:
+            self.state.stop.wait(POLL)
+            raise OSError("blackhole: not accepting")  # _handle_request_noblock ignores it
+        return super().get_request()
+
+    def service_actions(self) -> None:
+        """Called by serve_forever every poll: follow the live ``blackhole`` knob."""
+        want = bool(self.state.config.blackhole)
+        if want != self._holed:
+            self._set_blackhole(want)
+
+    def _set_blackhole(self, on: bool) -> None:
+        self._holed = on
+        if on:
+            # A backlog of 0 holds one connection (Linux); two of our own fill it, and the kernel drops
+            # every SYN after that (no RST, no answer: what a firewall that drops packets looks like).
+            self.socket.listen(0)
+            for _ in range(2):
+                filler = socket.socket(self.address_family, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                filler.connect_ex(self.server_address[:2])
+                self._fillers.append(filler)
+            log.info("blackhole on: not accepting connections")
+        else:
+            self.socket.listen(self.request_queue_size)
+            self._close_fillers()
+            log.info("blackhole off: accepting connections")
+
+    def _close_fillers(self) -> None:
+        fillers, self._fillers = self._fillers, []
+        for filler in fillers:
+            with contextlib.suppress(OSError):
+                filler.close()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._close_fillers()
 
 
 def _multi(pairs: list[tuple[str, str]]) -> Params:
@@ -188,23 +236,30 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._sent = 0
         self._user = ""
         self._endpoint = ""
+        self._route_kind = ""
+        self._endpoint_kind = ""
         self._recorded = False
         url = urlsplit(self.path)
         pairs = parse_qsl(url.query, keep_blank_values=True)
+        self._query = _first(_multi(pairs))
         query = urlencode([(k, v) for k, v in pairs if k not in SECRET_PARAMS])
         self._logged_path = url.path + (f"?{query}" if query else "")
         try:
             form = self._read_form()
+            if self.state.config.blackhole:
+                self._blackholed()
             if not self._pause(self.state.config.latency + self.state.config.stall):
                 raise ConnectionAbortError("server stopping")
             result = self._dispatch(method, url.path, _multi(pairs), form)
+            hits = self._roll_faults()
+            if "drop" in hits:
+                raise ConnectionAbortError("dropped without an answer (drop fault)")
+            if isinstance(result, ZipPlan) and "html" in hits and self._method != "HEAD":
+                result = Reply(200, faults.HTML_PAGE, HTML)
             if isinstance(result, ZipPlan):
-                self._stream_zip(result)
+                self._stream_zip(result, hits)
             else:
-                cut = None
-                if self._endpoint == "getSingleImage" and result.status == 200:
-                    cut = len(result.body) // 2 if self.state.roll(self.state.config.cut_rate) else None
-                self._send(result, cut)
+                self._send_faulty(result, hits)
         except ConnectionAbortError as exc:
             log.debug("closing connection: %s", exc)
             self._drop()
@@ -255,11 +310,133 @@ class RequestHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _body_writer(self, cut_after: int | None = None) -> BodyWriter:
+    def _body_writer(self, cut_after: int | None = None, hits: frozenset[str] = frozenset()) -> BodyWriter:
         out: Any = self.wfile  # a socket writer: write() only
-        return BodyWriter(out, self.state.stop, self.state.config.bandwidth, cut_after)
+        cfg = self.state.config
+        trickle = (cfg.trickle_bytes, cfg.trickle_interval) if "trickle" in hits else None
+        return BodyWriter(out, self.state.stop, cfg.bandwidth, cut_after, trickle)
 
-    def _send(self, reply: Reply, cut_after: int | None = None) -> None:
+    # -- hostile faults ----------------------------------------------------------------------------------------
+
+    def _blackholed(self) -> None:
+        """No answer while ``blackhole`` is on; then close the connection. Raises ConnectionAbortError."""
+        self._endpoint = "(blackhole)"
+        while self.state.config.blackhole and not self.state.stop.wait(POLL):
+            pass
+        raise ConnectionAbortError("blackhole: no answer")
+
+    def _roll_faults(self) -> frozenset[str]:
+        """The faults this request gets: each in scope rolled against its rate, in ``FAULTS`` order."""
+        cfg = self.state.config
+        hits = set()
+        for fault in FAULTS:
+            rate = float(getattr(cfg, f"{fault}_rate"))
+            scoped = rate > 0 and faults.in_scope(
+                cfg, fault, self._route_kind, self._endpoint, self._endpoint_kind
+            )
+            if scoped and self.state.roll(rate):
+                hits.add(fault)
+        if hits:
+            log.debug("faults %s for %s %s", sorted(hits), self._method, self._logged_path)
+        return frozenset(hits)
+
+    def _send_faulty(self, reply: Reply, hits: frozenset[str]) -> None:
+        """Send ``reply`` altered by the faults in ``hits`` (the 200s; trickle applies to any answer)."""
+        ok = reply.status == 200 and self._method != "HEAD" and bool(reply.body)
+        if ok and "html" in hits:
+            reply = Reply(200, faults.HTML_PAGE, HTML)
+        elif ok and self._endpoint_kind == "image":
+            body = reply.body
+            if "wrong_sop" in hits:
+                other = faults.other_instance(self.state.archive, self._query.get("SOPInstanceUID", ""))
+                if other is not None:
+                    body = self.state.archive.instance_bytes(other)
+            if "corrupt" in hits:
+                body = faults.corrupt(body)
+            reply = Reply(reply.status, body, reply.content_type, reply.headers)
+        if (
+            ok
+            and "huge_json" in hits
+            and (reply.content_type or "").startswith("application/json")
+            and reply.body.lstrip().startswith(b"[")
+        ):
+            self._send_chunked(reply, faults.huge_json(reply.body, self.state.config.huge_json_bytes), hits)
+            return
+        if ok and "truncate" in hits:
+            self._send_truncated(reply, hits)
+            return
+        cut = None
+        if self._endpoint == "getSingleImage" and reply.status == 200:
+            cut = len(reply.body) // 2 if self.state.roll(self.state.config.cut_rate) else None
+        self._send(reply, cut, hits)
+
+    def _start_body(self, reply: Reply, framing: tuple[str, str]) -> None:
+        self.send_response(reply.status)
+        if reply.content_type is not None:
+            self.send_header("Content-Type", reply.content_type)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header(*framing)
+        self._status = reply.status
+        self.end_headers()
+
+    def _send_chunked(self, reply: Reply, pieces: Any, hits: frozenset[str]) -> None:
+        """Send the ``pieces`` (an iterable of bytes) as ``reply``'s body, chunked."""
+        self._start_body(reply, ("Transfer-Encoding", "chunked"))
+        body = self._body_writer(None, hits)
+        out = ChunkedWriter(body)
+        try:
+            for piece in pieces:
+                out.write(piece)
+            out.flush_all()
+            self._record(body.sent + len(ChunkedWriter.LAST_CHUNK))
+            out.close()
+        finally:
+            self._sent = body.sent
+
+    def _send_truncated(self, reply: Reply, hits: frozenset[str]) -> None:
+        """Half of ``reply``'s body with no Content-Length, ended as ``truncate_style`` says."""
+        style = self.state.config.truncate_style
+        half = reply.body[: len(reply.body) // 2]
+        body = self._body_writer(None, hits)
+        try:
+            if style == "close":
+                self._start_body(reply, ("Connection", "close"))  # also sets close_connection
+                self._record(len(half))
+                body.write(half)
+                return
+            self._start_body(reply, ("Transfer-Encoding", "chunked"))
+            out = ChunkedWriter(body)
+            out.write(half)
+            if style == "chunked":
+                out.cut()  # raises ConnectionAbortError: the connection is dropped
+            self._record(body.sent)
+            out.end_early()
+        finally:
+            self._sent = body.sent
+
+    def _zip_members(self, plan: ZipPlan, hits: frozenset[str]) -> list[tuple[str, Any]]:
+        """``plan``'s members, altered by the corrupt and wrong_sop faults."""
+        archive = self.state.archive
+        members: list[tuple[str, Any]] = list(plan.members)
+        if "wrong_sop" in hits:
+            other = faults.other_series(archive, plan.series)
+            if other is not None:
+                uids = [i.sop_instance_uid for i in other.instances]
+                dcm = 0
+                for index, (name, _read) in enumerate(members):
+                    if name.endswith(".dcm"):
+                        sop = uids[dcm % len(uids)]
+                        members[index] = (name, lambda sop=sop: archive.instance_bytes(sop))
+                        dcm += 1
+        if "corrupt" in hits:
+            members = [
+                (name, (lambda read=read: faults.corrupt(read())) if name.endswith(".dcm") else read)
+                for name, read in members
+            ]
+        return members
+
+    def _send(self, reply: Reply, cut_after: int | None = None, hits: frozenset[str] = frozenset()) -> None:
         """Write ``reply`` (headers only for HEAD); ``cut_after`` bytes, then drop, if set."""
         body = reply.body
         self.send_response(reply.status)
@@ -275,7 +452,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self.end_headers()
-        writer = self._body_writer(cut_after)
+        writer = self._body_writer(cut_after, hits)
         try:
             writer.write(body[:-1])
             if cut_after is None:
@@ -291,6 +468,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         if route is None:
             return tomcat_error(404)
         self._endpoint = route.name
+        self._route_kind = route.kind
+        self._endpoint_kind = route.endpoint.kind if route.endpoint is not None else ""
         era = self.state.config.auth_era
         allow = _allow(route, era)
         if method == "OPTIONS":
@@ -371,29 +550,36 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- streamed ZIPs ---------------------------------------------------------------------------------------
 
-    def _stream_zip(self, plan: ZipPlan) -> None:
-        """Stream ``plan`` chunked (no Content-Length), one member in memory at a time."""
+    def _stream_zip(self, plan: ZipPlan, hits: frozenset[str] = frozenset()) -> None:
+        """Stream ``plan`` chunked (no Content-Length), one member in memory at a time; the truncate fault
+        ends it after half its images (``Connection: close`` and no chunking for the ``close`` style)."""
+        style = self.state.config.truncate_style if "truncate" in hits else None
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Disposition", f'attachment; filename="{plan.filename}"')
-        self.send_header("Transfer-Encoding", "chunked")
+        if style == "close":
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         self._status = 200
         if self._method == "HEAD":
             self._record(0)
             self.end_headers()
             return
         self.end_headers()
-        images = sum(1 for name, _ in plan.members if name.endswith(".dcm"))
+        members = self._zip_members(plan, hits)
+        images = sum(1 for name, _ in members if name.endswith(".dcm"))
         # Members are compressed, so the body's length is unknown: cut after half the images instead.
-        cut_member = max(1, images // 2) if self.state.roll(self.state.config.cut_rate) else None
-        body = self._body_writer()
-        out = ChunkedWriter(body)
+        cut = self.state.roll(self.state.config.cut_rate)
+        cut_member = max(1, images // 2) if cut or style else None
+        body = self._body_writer(None, hits)
+        out: ChunkedWriter | RawWriter = RawWriter(body) if style == "close" else ChunkedWriter(body)
         stamp = plan.series.timestamp or dt.datetime(2000, 1, 1)
         date_time = (max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
         try:
             with zipfile.ZipFile(out, "w") as zf:
                 done = 0
-                for name, read in plan.members:
+                for name, read in members:
                     info = zipfile.ZipInfo(name, date_time)
                     info.compress_type = zipfile.ZIP_DEFLATED
                     info.external_attr = 0o644 << 16
@@ -401,7 +587,16 @@ class RequestHandler(BaseHTTPRequestHandler):
                     if name.endswith(".dcm"):
                         done += 1
                         if done == cut_member:
+                            if isinstance(out, RawWriter):  # truncate, close: a clean end of body
+                                out.discard = True
+                                self._record(body.sent)
+                                return
+                            if style == "chunked-end":  # truncate: a well-formed, short chunked body
+                                self._record(body.sent)
+                                out.end_early()
+                                return
                             out.cut()
+            assert isinstance(out, ChunkedWriter)
             out.flush_all()
             self._record(body.sent + len(ChunkedWriter.LAST_CHUNK))
             out.close()

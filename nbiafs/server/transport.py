@@ -1,8 +1,9 @@
-"""Writing response bodies: bandwidth throttling, cutting a connection mid-body, chunked transfer encoding.
+"""Writing response bodies: bandwidth throttling, trickling, cutting a connection mid-body, chunked encoding.
 
 Hand-written because http.server offers none of it: ``BodyWriter`` paces writes to ``bandwidth`` bytes per
-second (per connection) and can stop after ``cut_after`` bytes to simulate a dropped connection;
-``ChunkedWriter`` is the non-seekable file object :mod:`zipfile` streams a ZIP into.
+second (per connection), or trickles them (``trickle``: N bytes every S seconds), and can stop after
+``cut_after`` bytes to simulate a dropped connection; ``ChunkedWriter`` is the non-seekable file object
+:mod:`zipfile` streams a ZIP into, ``RawWriter`` the same without chunking (a body ended by closing).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class BodyWriter:
         stop: threading.Event,
         bandwidth: float | None = None,
         cut_after: int | None = None,
+        trickle: tuple[int, float] | None = None,
     ) -> None:
         self._out = out
         self._stop = stop
         self._bandwidth = bandwidth if bandwidth and bandwidth > 0 else None
+        self._trickle = trickle
         self._cut_after = cut_after
         self._start = time.monotonic()
         self.sent = 0
@@ -45,6 +48,17 @@ class BodyWriter:
         self._write(view)
 
     def _write(self, view: memoryview) -> None:
+        if self._trickle is not None:
+            step, interval = max(1, self._trickle[0]), self._trickle[1]
+            for pos in range(0, len(view), step):
+                self._out.write(view[pos : pos + step])
+                flush = getattr(self._out, "flush", None)
+                if flush is not None:
+                    flush()
+                self.sent += len(view[pos : pos + step])
+                if self._stop.wait(interval):
+                    raise ConnectionAbortError("server stopping")
+            return
         if self._bandwidth is None:
             if self._stop.is_set():
                 raise ConnectionAbortError("server stopping")
@@ -77,8 +91,11 @@ class ChunkedWriter:
         self._chunk_size = chunk_size
         self._buf = bytearray()
         self.closed = False
+        self.discard = False  # set once the body is ended early: later writes (a ZIP's directory) are dropped
 
     def write(self, data: bytes) -> int:
+        if self.discard:
+            return len(data)
         self._buf += data
         if len(self._buf) >= self._chunk_size:
             self._emit()
@@ -105,7 +122,31 @@ class ChunkedWriter:
         self._emit()
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and not self.discard:
             self._emit()
             self._body.write(self.LAST_CHUNK)
             self.closed = True
+
+    def end_early(self) -> None:
+        """End the body now, well-formed (buffered data and the last chunk), and drop every later write."""
+        self.close()
+        self.discard = True
+
+
+class RawWriter:
+    """A write-only, non-seekable file sending bytes as they come (a body without length or chunking)."""
+
+    def __init__(self, body: BodyWriter) -> None:
+        self._body = body
+        self.discard = False
+
+    def write(self, data: bytes) -> int:
+        if not self.discard:
+            self._body.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: every write goes out at once."""
+
+    def close(self) -> None:
+        """Nothing to do: the body ends when the connection closes."""
