@@ -77,7 +77,12 @@ class AuthenticationError(AccessDeniedError):
 
 class UnavailableError(NbiaError):
     """The server could not be reached (refused, reset, name resolution) or cut an answer short, after every
-    retry."""
+    retry. ``reached`` is True when the server did answer and only its body broke off or stalled (the server
+    is up: no reason to consider it unreachable)."""
+
+    def __init__(self, message: str, *, status: int = 0, url: str = "", reached: bool = False) -> None:
+        super().__init__(message, status=status, url=url)
+        self.reached = reached
 
 
 class RequestTimeoutError(UnavailableError):

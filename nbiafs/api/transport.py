@@ -168,7 +168,8 @@ class _SpeedGuard:
         if self._bytes < self._min_rate * elapsed:
             raise RequestTimeoutError(
                 f"{self._what}: the body came at {self._bytes / elapsed:.0f} B/s for {elapsed:.0f} s "
-                f"(the limit is {self._min_rate} B/s): abandoned"
+                f"(the limit is {self._min_rate} B/s): abandoned",
+                reached=True,
             )
         self._start, self._bytes = now, 0
 
@@ -322,16 +323,23 @@ class Transport:
     # --- whole answers ----------------------------------------------------------------------------------------
 
     def _with_body_retries(self, what: str, fetch: Callable[[], T]) -> T:
-        """``fetch()``, again (within the retry budget) while it raises _BodyCutError."""
+        """``fetch()``, again (within the retry budget) while its body is cut short.
+
+        A body that stalls (no byte for ``timeout`` seconds) is not fetched again: a server that stalls once
+        mostly stalls again, and the deadline the docs promise is about ``timeout``, not ``retries`` times it.
+        Both errors say the server was reached (``reached=True``): it answered, its body broke off.
+        """
         for attempt in range(self.retries + 1):
             try:
                 return fetch()
             except _BodyCutError as exc:
+                cause = exc.__cause__
+                if cause is not None and is_timeout(cause):
+                    raise RequestTimeoutError(
+                        f"{what}: the body stalled for {self.timeout:g} s", reached=True
+                    ) from exc
                 if attempt >= self.retries:
-                    cause = exc.__cause__
-                    if cause is not None and is_timeout(cause):
-                        raise RequestTimeoutError(f"{what}: body stalled for {self.timeout:g} s") from exc
-                    raise UnavailableError(f"{what}: {exc}") from exc
+                    raise UnavailableError(f"{what}: {exc}", reached=True) from exc
                 log.info("%s: %s; fetching again (try %d of %d)", what, exc, attempt + 2, self.retries + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -422,8 +430,10 @@ class Transport:
             TimeoutError,
         ) as exc:
             if is_timeout(exc):
-                raise RequestTimeoutError(f"{what}: body stalled for {self.timeout:g} s") from exc
-            raise UnavailableError(f"{what}: body cut off ({type(exc).__name__})") from exc
+                raise RequestTimeoutError(
+                    f"{what}: the body stalled for {self.timeout:g} s", reached=True
+                ) from exc
+            raise UnavailableError(f"{what}: body cut off ({type(exc).__name__})", reached=True) from exc
         finally:
             resp.close()
 

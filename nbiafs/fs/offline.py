@@ -48,7 +48,10 @@ class Connectivity:
         try:
             result = request()
         except UnavailableError as exc:
-            self.failed(exc)
+            if exc.reached:  # it answered; only the body broke off or stalled: not offline
+                self.succeeded()
+            else:
+                self.failed(exc)
             raise
         except NbiaError:
             self.succeeded()  # the server answered, if only with an error

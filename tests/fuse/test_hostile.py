@@ -156,13 +156,6 @@ def test_trickle_is_eio_within_about_the_timeout(hostile: Any) -> None:
     recovers_within(m, files, expected, PROBE_INTERVAL + 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mount bug: a body that stalls after its headers (no byte for more than --timeout) is taken for a cut "
-    "body and fetched again --retries times (nbiafs/api/transport.py: 'body cut off (ReadTimeoutError); fetching "
-    "again (try N of 6)'), so the open fails after (retries + 1) x --timeout: 12 s with --timeout 2, 180 s with "
-    "the defaults, not about --timeout (docs/semantics.md, Errors)",
-)
 def test_body_stalled_midway_is_eio_within_about_the_timeout(hostile: Any) -> None:
     srv, m, files, expected = hostile
     srv.config.trickle_interval = 5.0  # 1 byte, then nothing for 5 s: each read times out
