@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +39,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (0 = any free port; default 8080)")
     p.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE once listening")
     p.add_argument("--data", metavar="DIR", help="serve a folder of real DICOM, not the synthetic archive")
+    p.add_argument(
+        "--rescan",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --data: look for series added to the folder every S seconds and publish them, released "
+        "when they appeared (default 0: never)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive and of fault rolls")
     p.add_argument("--latency", type=float, default=0.0, metavar="S", help="seconds added to every request")
     p.add_argument("--stall", type=float, default=0.0, metavar="S", help="seconds every request stalls")
@@ -262,8 +271,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"nbiafs archive server listening on {server.url}", flush=True)
         if config.api_keys:
             print(f"v3 API: {server.url}/services/v3/TCIA/query/", flush=True)
+        next_scan = time.monotonic() + args.rescan
         while not done.wait(1.0):
-            pass
+            if args.rescan > 0 and args.data and time.monotonic() >= next_scan:
+                try:
+                    server.rescan()
+                except ServerConfigError as exc:
+                    print(f"nbiafs serve: cannot rescan {args.data}: {exc}", file=sys.stderr, flush=True)
+                next_scan = time.monotonic() + args.rescan
     finally:
         server.stop()
         for sig, handler in previous.items():

@@ -119,6 +119,22 @@ class ArchiveServer:
         with self._state.lock:
             self._state.records.clear()
 
+    def rescan(self) -> int:
+        """Index the data directory again (``--data DIR`` servers only): series added since are published,
+        released now; returns how many appeared. Raises ServerConfigError without a data directory."""
+        if not self._config.data_dir:
+            raise ServerConfigError("only a server of a data directory (--data) can rescan it")
+        from nbiafs.server.datadir import index_data_dir
+
+        known = {s.series_instance_uid: s.date_released for s in self.archive.iter_series()}
+        archive = index_data_dir(self._config.data_dir, known)
+        new = sum(1 for s in archive.iter_series() if s.series_instance_uid not in known)
+        self.archive = archive
+        self._state.archive = archive  # the next request sees it
+        if new:
+            log.info("published %d new series from %s", new, self._config.data_dir)
+        return new
+
     def revoke_tokens(self, refresh_tokens: bool = False) -> None:
         """Invalidate every access token issued so far (clients must refresh); with ``refresh_tokens``, the
         refresh tokens too (clients must log in again, as after a Keycloak restart)."""

@@ -4,6 +4,11 @@ Every regular file under DIR is read with pydicom (``stop_before_pixels``); file
 a Study/Series/SOP Instance UID, are skipped. The collection is TCIA's private tag (0013,1010) when present,
 else the first folder level under DIR (DIR's own name for files directly in it). Bytes are read from disk on
 each request, so the folder must stay in place; the series' TimeStamp is the newest file modification time.
+
+Publishing: :func:`index_data_dir` with ``known`` (the release dates of a previous index) gives a series that
+was not there before the release date ``now``, the time it appeared, so a running server can pick up series
+added to the folder (``ArchiveServer.rescan``, ``nbiafs serve --rescan S``) and a client's getUpdatedSeries
+sees them as published.
 """
 
 from __future__ import annotations
@@ -83,8 +88,16 @@ def _collection_of(ds: Any, path: Path, root: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else root.name
 
 
-def index_data_dir(directory: str | os.PathLike[str]) -> Archive:
-    """The archive of every DICOM file under ``directory``; raises ServerConfigError if there is none."""
+def index_data_dir(
+    directory: str | os.PathLike[str],
+    known: dict[str, dt.datetime | None] | None = None,
+    now: dt.datetime | None = None,
+) -> Archive:
+    """The archive of every DICOM file under ``directory``; raises ServerConfigError if there is none.
+
+    With ``known`` (series UID -> release date of a previous index), a series already known keeps its
+    release date and a new one is released at ``now`` (naive UTC; default: the current time).
+    """
     root = Path(directory).resolve()
     if not root.is_dir():
         raise ServerConfigError(f"data directory {root} does not exist")
@@ -174,6 +187,10 @@ def index_data_dir(directory: str | os.PathLike[str]) -> Archive:
             paths[sop_uid] = path
     if not paths:
         raise ServerConfigError(f"no DICOM files found under {root}")
+    if known is not None:
+        appeared = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+        for uid, series in series_map.items():
+            series.date_released = known.get(uid, appeared)
     for series in series_map.values():
         series.instances = database_order(series.instances)
     log.info("indexed %d instances in %d series under %s", len(paths), len(series_map), root)
