@@ -144,6 +144,16 @@ class _Retry(Retry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
+_CONNECTION_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+)
+"""What reading a body raises when the connection fails (not an OSError of the output file)."""
+
+
 class _BodyCutError(Exception):
     """A body ended early, stalled, or did not match its Content-Length; worth fetching again."""
 
@@ -349,13 +359,7 @@ class Transport:
         """Close ``resp`` afterwards; turn a body cut/stall while reading into _BodyCutError."""
         try:
             yield resp
-        except (
-            requests.RequestException,
-            urllib3.exceptions.HTTPError,
-            http.client.HTTPException,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
+        except _CONNECTION_ERRORS as exc:
             # Errors of the connection only: an OSError of ``out`` itself (disk full) is the caller's.
             raise _BodyCutError(f"body cut off ({type(exc).__name__})") from exc
         finally:
@@ -422,13 +426,7 @@ class Transport:
                 yield chunk
             if first:
                 check(b"", ctype)
-        except (
-            requests.RequestException,
-            urllib3.exceptions.HTTPError,
-            http.client.HTTPException,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
+        except _CONNECTION_ERRORS as exc:
             if is_timeout(exc):
                 raise RequestTimeoutError(
                     f"{what}: the body stalled for {self.timeout:g} s", reached=True
