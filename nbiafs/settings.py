@@ -68,6 +68,7 @@ class TreeSettings:
     from a listing stays missing. ``readahead``: instances of a series fetched ahead of a sequential reader
     (0: off). ``poll_interval``: seconds between two questions to the server about what it published since
     (getUpdatedSeries), whose answer makes only the affected listings be asked again (0: never ask).
+    ``verify_md5``: check each getSingleImage download against the server's MD5 of it (one more request each).
     """
 
     layout: str = "descriptive"
@@ -77,6 +78,7 @@ class TreeSettings:
     negative_ttl: float = 30.0
     readahead: int = 32
     poll_interval: float = 600.0
+    verify_md5: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

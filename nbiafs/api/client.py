@@ -67,6 +67,9 @@ MANIFEST_SEARCH_SIZE = 1_000_000
 """Patients a simple-search manifest asks for (the server pages the search; the manifest wants them all)."""
 
 
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+
+
 def _refused_image(path: str, status: int) -> bool:
     """getSingleImage's HTTP 500 means "unknown or refused instance" (facts: retrying will not help)."""
     return status == 500 and "/getSingleImage?" in path
@@ -605,12 +608,45 @@ class NbiaClient:
         endpoint, params, check = self._series_request(series_instance_uid, md5, new_file_names)
         return self._download(endpoint, params, out, check)
 
-    def stream_series(self, series_instance_uid: str) -> Iterator[bytes]:
-        """getImage's ZIP body in pieces as they arrive (the request goes out on the first ``next()``).
+    @property
+    def series_md5(self) -> bool:
+        """Whether :meth:`stream_series` asks for the members' MD5s (an ``md5hashes.csv`` member, last)."""
+        return self.dialect.series_md5 != "none"
 
-        Not fetched again once started: a cut or stalled body raises UnavailableError or RequestTimeoutError
-        midway. NotFoundError for an empty answer, BadResponseError when the answer is not a ZIP; other errors
-        as :meth:`download_series`. Close the iterator to abandon the download.
+    def stream_series(self, series_instance_uid: str, *, md5: bool = True) -> Iterator[bytes]:
+        """The series ZIP's body in pieces as they arrive (the request goes out on the first ``next()``).
+
+        ``md5``: ask for the members' MD5s where the version can (:attr:`Dialect.series_md5
+        <nbiafs.api.dialects.Dialect.series_md5>`: v4 getImage ``IncludeMD5=Yes``, v1/v2
+        getImageWithMD5Hash, which has no LICENSE member; v3 plain getImage): ``md5hashes.csv``
+        (``Filename,MD5Hash``) then comes last. Not fetched again once started: a cut or stalled body raises
+        UnavailableError or RequestTimeoutError midway. NotFoundError for an empty answer, BadResponseError
+        when the answer is not a ZIP; other errors as :meth:`download_series`. Close the iterator to abandon
+        the download.
         """
-        endpoint, params, check = self._series_request(series_instance_uid, False, False)
+        how = self.dialect.series_md5 if md5 else "none"
+        endpoint, params, check = self._series_request(series_instance_uid, how == "endpoint", False)
+        if how == "include":
+            params["IncludeMD5"] = "Yes"
         return self._http.stream(self._endpoint_url(endpoint), endpoint, params, check)
+
+    def instance_md5(self, sop_instance_uid: str) -> str | None:
+        """One instance's MD5 (32 lowercase hex digits): v4 getMD5HashForImage, v1/v2 getM5HashForImage.
+
+        None when the server knows none (its empty answer for an unknown or refused instance) or the version
+        has no such endpoint (v3: no request). BadResponseError when the answer is not an MD5.
+        """
+        spelling = self.dialect.instance_md5
+        if spelling is None:
+            return None
+        endpoint, name = spelling
+        params = self._params(**{name: sop_instance_uid})
+        params.pop("format", None)
+        content, ctype = self._fetch(endpoint, params)
+        text = content.decode("ascii", "replace").strip().strip('"').lower()
+        if not text:
+            return None
+        if not _MD5_RE.fullmatch(text):
+            kind = describe_body(content, ctype) or f"{len(content)} bytes of {ctype or 'something'}"
+            raise BadResponseError(f"{endpoint} answered with {kind} where an MD5 was expected")
+        return text

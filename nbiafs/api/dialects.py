@@ -39,7 +39,10 @@ class Dialect:
     descriptions, DICOM tags, DOIs, simple search) lives: ``unversioned`` (``/nbia-api/services/<name>``, a
     token required), ``here`` (beside the other endpoints: v4), ``v4`` (v4's, beside the profile's version) or
     ``none``; ``simple_search`` is that
-    endpoint's name there.
+    endpoint's name there. ``series_md5`` says how a series ZIP brings its members' MD5s (an
+    ``md5hashes.csv`` member, last): ``include`` (getImage with ``IncludeMD5=Yes``: v4), ``endpoint``
+    (getImageWithMD5Hash: v1/v2) or ``none``; ``instance_md5`` is the endpoint and parameter that give one
+    instance's MD5 (None: there is none).
     """
 
     version: str
@@ -53,6 +56,8 @@ class Dialect:
     new_studies_by_patient: bool = True
     advanced: str = "unversioned"
     simple_search: str = "getSimpleSearchWithModalityAndBodyPartPaged"
+    series_md5: str = "endpoint"
+    instance_md5: tuple[str, str] | None = ("getM5HashForImage", "SOPInstanceUid")
 
 
 # Each version parses its own format and answers any other silently wrong (facts §4): v1/v2 leniently
@@ -83,6 +88,8 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType(
             endpoint_metadata=True,
             new_studies_by_patient=False,
             advanced="none",
+            series_md5="none",
+            instance_md5=None,
         ),
         "v4": Dialect(
             "v4",
@@ -91,6 +98,8 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType(
             series_metadata_post=True,
             advanced="here",
             simple_search="getSimpleSearch",
+            series_md5="include",
+            instance_md5=("getMD5HashForImage", "SOPInstanceUID"),
         ),
     }
 )

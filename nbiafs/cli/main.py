@@ -14,12 +14,20 @@ from collections.abc import Sequence
 
 from nbiafs import __version__
 from nbiafs.api.profiles import PROFILE_NAMES
-from nbiafs.cli import cache, demo, mount, query, serve, status, umount
+from nbiafs.cli import cache, demo, mount, prefetch, query, serve, status, umount
 from nbiafs.cli.logs import setup_logging
 from nbiafs.cli.parser import ArgumentParser, subparser_of
 from nbiafs.errors import NbiaError
 
-COMMANDS = {"serve": serve, "query": query, "mount": mount, "umount": umount, "demo": demo, "cache": cache}
+COMMANDS = {
+    "serve": serve,
+    "query": query,
+    "mount": mount,
+    "umount": umount,
+    "prefetch": prefetch,
+    "demo": demo,
+    "cache": cache,
+}
 """Subcommand name -> its module, in the order ``--help`` lists them."""
 
 

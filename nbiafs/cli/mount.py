@@ -60,8 +60,8 @@ means --server/--api-url or the default, tcia. As an /etc/fstab entry (mount(8) 
 
 -o options (comma-separated, repeatable; `-o key=value` sets the flag of the same name, `-` or `_` alike):
   settings   cache_size, cache_dir, layout, collection (repeatable), manifest, cart, listing_ttl,
-             negative_ttl, readahead, poll_interval, timeout, retries, server, api_url, token_url, user=NAME,
-             credentials_file, log_file, share_restricted_data
+             negative_ttl, readahead, verify_md5, poll_interval, timeout, retries, server, api_url, token_url,
+             user=NAME, credentials_file, log_file, share_restricted_data
   mounting   nonempty (mount over a non-empty directory), max_threads=N (operations served at once,
              default %(max_threads)d)
   FUSE       allow_other (every local user may read the mount; with an account other than the guest also
@@ -87,6 +87,7 @@ SETTING_OPTIONS = {
     "listing_ttl": "listing_ttl",
     "negative_ttl": "negative_ttl",
     "readahead": "readahead",
+    "verify_md5": "verify_md5",
     "poll_interval": "poll_interval",
     "timeout": "timeout",
     "retries": "retries",
@@ -204,6 +205,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="instances of a series fetched ahead of a sequential reader (0: off; default %(default)s)",
     )
     parser.add_argument(
+        "--verify-md5",
+        action="store_true",
+        default=tree.verify_md5,
+        help="check every instance downloaded alone (getSingleImage) against the server's MD5 of it: one more "
+        "request each; a mismatch is an I/O error and nothing is cached (series ZIPs are always checked)",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=float,
         default=tree.poll_interval,
@@ -291,6 +299,7 @@ def settings_from_args(
             negative_ttl=args.negative_ttl,
             readahead=args.readahead,
             poll_interval=args.poll_interval,
+            verify_md5=args.verify_md5,
         ),
         cache=CacheSettings(directory=cache_dir.absolute(), max_bytes=parse_size(args.cache_size)),
         cart=args.cart,

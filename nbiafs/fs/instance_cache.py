@@ -2,7 +2,8 @@
 
 Layout of a cache directory (dirs 0700, files 0600)::
 
-    index.sqlite3[-wal,-shm]   the index: one row per entry (size, last access, hits) and the counters
+    index.sqlite3[-wal,-shm]   the index: one row per entry (size, last access, hits, pinned, collection) and
+                               the counters
     data/<xx>/<name>.dcm       the instances; <xx> = first two hex digits of sha256(key)
     data/<xx>/<name>.dcm.<random>.part    a download in progress (never under the final name)
     locks/<name>.dcm.lock      per-key flock held while one process downloads that key
@@ -34,6 +35,15 @@ Trust. The directory (and data/, locks/) must belong to the user and not be writ
 ConfigError: a file planted there would be served. A fetch takes a ``check`` that must accept the finished
 download (the tree checks that it is the complete DICOM instance asked for); one it refuses is removed and
 never cached. Keys are the caller's: the tree prefixes SOPInstanceUIDs with a hash of the server's URL.
+
+Pins. A pinned entry (:meth:`~InstanceCache.pin`, ``nbiafs prefetch --pin``) is never evicted, neither for
+the ``max_bytes`` bound nor for the free-space floor, until :meth:`~InstanceCache.unpin` or
+:meth:`~InstanceCache.clear`; only unpinned entries are evicted (a cache whose pins fill its bound keeps only
+its newest unpinned entry besides them). Pins live in the index's ``pinned`` column, so every process
+sharing the cache honours them.
+Each entry may record the collection it belongs to (``collection``: given to :meth:`~InstanceCache.fetch`,
+:meth:`~InstanceCache.store`, :meth:`~InstanceCache.pin` or :meth:`~InstanceCache.label`), for per-collection
+figures in :meth:`~InstanceCache.info`. Schema 2 added both columns; an older index is migrated on opening.
 
 Space. Before a download the cache evicts least recently used entries until the file system keeps its free
 space floor (``min_free``, default the smaller of ``FREE_FLOOR_FRACTION`` of its size and ``FREE_FLOOR_BYTES``)
@@ -85,7 +95,8 @@ SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 MAX_NAME = 200
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the ``pinned`` and ``collection`` columns of ``entries``."""
 SPILL_DIR = "spill"
 SPILL_SUFFIX = ".spill"
 SPILL_KEEP = 60.0
@@ -156,8 +167,22 @@ def _check_private(path: Path, *, follow: bool) -> None:
 
 
 @dataclass(frozen=True)
+class CollectionUsage:
+    """The cached bytes and entries of one collection (None: entries whose collection is not recorded)."""
+
+    collection: str | None
+    pinned_bytes: int
+    unpinned_bytes: int
+    pinned_entries: int
+    unpinned_entries: int
+
+
+@dataclass(frozen=True)
 class CacheInfo:
-    """A snapshot of a cache: sizes in bytes; ``max_bytes`` is None if no bound was ever recorded."""
+    """A snapshot of a cache: sizes in bytes; ``max_bytes`` is None if no bound was ever recorded.
+
+    ``collections``: per-collection figures, sorted by name, the entries without a recorded collection last.
+    """
 
     directory: Path
     max_bytes: int | None
@@ -165,6 +190,9 @@ class CacheInfo:
     entries: int
     hits: int
     misses: int
+    pinned_bytes: int = 0
+    pinned_entries: int = 0
+    collections: tuple[CollectionUsage, ...] = ()
 
 
 def entry_name(key: str) -> str:
@@ -217,7 +245,7 @@ class InstanceCache:
         self.claim_wait = claim_wait
         self._claims: dict[str, Future[Path | None]] = {}
         self._claims_lock = threading.Lock()
-        self._pending_rows: list[tuple[str, int, float]] = []
+        self._pending_rows: list[tuple[str, int, float, str | None]] = []
         self._commit_timer: threading.Timer | None = None
         self.max_bytes = max_bytes
         self._min_free = min_free
@@ -284,13 +312,32 @@ class InstanceCache:
         with self._transaction() as c:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-                " atime REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL)"
+                " atime REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,"
+                " pinned INTEGER NOT NULL DEFAULT 0, collection TEXT)"
             )
             c.execute("CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime)")
             c.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
             c.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('hits', 0), ('misses', 0)")
             c.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            self._migrate(c)
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an index written by an older nbiafs to ``SCHEMA_VERSION`` (inside the caller's transaction).
+
+        Schema 1 -> 2: the ``pinned`` (0: may be evicted) and ``collection`` (NULL: not recorded) columns.
+        Older processes still sharing the cache keep working: they name their columns, and the new ones
+        have defaults (they do not honour pins, though).
+        """
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+        if "pinned" not in columns:
+            conn.execute("ALTER TABLE entries ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+        if "collection" not in columns:
+            conn.execute("ALTER TABLE entries ADD COLUMN collection TEXT")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE name = 'schema' AND value < ?", (SCHEMA_VERSION, SCHEMA_VERSION)
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -406,16 +453,19 @@ class InstanceCache:
         except Exception:  # a background thread has nobody to raise to; reconcile adopts the files later
             log.warning("could not index new cache entries in %s", self.directory, exc_info=True)
 
-    def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[str, int, float]]) -> None:
-        """Index entries renamed into place since the last batch; count their misses; evict to the bound."""
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[str, int, float, str | None]]) -> None:
+        """Index entries renamed into place since the last batch; count their misses; evict to the bound.
+
+        A row there already (adopted, or pinned by another process meanwhile) keeps its pin."""
         added = 0
-        for key, size, now in rows:
+        for key, size, now, collection in rows:
             if not os.path.isfile(self.path_for(key)):
                 continue  # cleared or evicted by another process meanwhile
             conn.execute(
-                "INSERT INTO entries(key, size, atime, hits, created) VALUES (?, ?, ?, 0, ?)"
-                " ON CONFLICT(key) DO UPDATE SET size = excluded.size, atime = max(atime, excluded.atime)",
-                (key, size, now, now),
+                "INSERT INTO entries(key, size, atime, hits, created, collection) VALUES (?, ?, ?, 0, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET size = excluded.size, atime = max(atime, excluded.atime),"
+                " collection = coalesce(excluded.collection, collection)",
+                (key, size, now, now, collection),
             )
             added += 1
         conn.execute("UPDATE meta SET value = value + ? WHERE name = 'misses'", (added,))
@@ -455,11 +505,13 @@ class InstanceCache:
         *,
         expected: int = 0,
         check: Check | None = None,
+        collection: str | None = None,
     ) -> Path:
         """The cached file of ``key``, calling ``download(out)`` to write it first if it is not cached.
 
         ``expected``: the size the download probably has (room is made for it first); ``check(path)`` must
-        accept the finished download (whatever it raises is raised; the file is removed, never cached).
+        accept the finished download (whatever it raises is raised; the file is removed, never cached);
+        ``collection``: recorded with a new entry (for :meth:`info`'s per-collection figures).
 
         One download per key at a time across threads and processes; the others wait (at most
         ``wait_timeout`` seconds, then RequestTimeoutError) and share its result or its error. Whatever
@@ -480,7 +532,7 @@ class InstanceCache:
         def lead() -> Path:
             nonlocal led
             led = True
-            return self._fetch_as_leader(key, download, expected, check)
+            return self._fetch_as_leader(key, download, expected, check, collection)
 
         path = self._flights.run(key, lead, self._wait_timeout)
         if not led:
@@ -524,7 +576,13 @@ class InstanceCache:
             waiting.set_result(path)
 
     def store(
-        self, key: str, write: Callable[[BinaryIO], int], *, expected: int = 0, check: Check | None = None
+        self,
+        key: str,
+        write: Callable[[BinaryIO], int],
+        *,
+        expected: int = 0,
+        check: Check | None = None,
+        collection: str | None = None,
     ) -> Path | None:
         """File ``key`` from ``write(out)`` (checked like a download) unless someone is downloading it now.
 
@@ -547,12 +605,17 @@ class InstanceCache:
             if os.path.isfile(final):
                 return final
             self._make_room(expected)
-            return self._download(key, final, write, check)
+            return self._download(key, final, write, check, collection)
         finally:
             self._unlock_key(name, lock_fd)
 
     def _fetch_as_leader(
-        self, key: str, download: Callable[[BinaryIO], int], expected: int, check: Check | None
+        self,
+        key: str,
+        download: Callable[[BinaryIO], int],
+        expected: int,
+        check: Check | None,
+        collection: str | None = None,
     ) -> Path:
         final = self.path_for(key)
         name = final.name
@@ -567,19 +630,24 @@ class InstanceCache:
                 return final
             self._make_room(expected)
             try:
-                return self._download(key, final, download, check)
+                return self._download(key, final, download, check, collection)
             except _NoRoomError as full:
                 # The file system filled up under us: evict what the download needed, and try once more.
                 needed = max(expected, full.written, 1)
                 if self._evict_bytes(needed) < needed:
                     raise NoSpaceError(f"{full.message}; nothing left in the cache to evict") from None
                 log.info("cache disk full while writing %s; evicted %d bytes, downloading again", key, needed)
-                return self._download(key, final, download, check)
+                return self._download(key, final, download, check, collection)
         finally:
             self._unlock_key(name, lock_fd)
 
     def _download(
-        self, key: str, final: Path, download: Callable[[BinaryIO], int], check: Check | None
+        self,
+        key: str,
+        final: Path,
+        download: Callable[[BinaryIO], int],
+        check: Check | None,
+        collection: str | None = None,
     ) -> Path:
         """One download into a temporary file, checked, then renamed into place (or into spill/)."""
         try:
@@ -615,7 +683,7 @@ class InstanceCache:
                 done = True
                 return spilled
             try:
-                self._place(key, tmp, final, size)
+                self._place(key, tmp, final, size, collection)
             except OSError as exc:
                 raise _write_error(f"cannot cache {key}: {exc}", exc, tmp) from exc
             except sqlite3.Error as exc:
@@ -666,7 +734,9 @@ class InstanceCache:
             with self._transaction() as conn:
                 self._apply_touches(conn, atimes, hits, total)
                 while freed < nbytes:
-                    rows = conn.execute("SELECT key, size FROM entries ORDER BY atime LIMIT 64").fetchall()
+                    rows = conn.execute(
+                        "SELECT key, size FROM entries WHERE pinned = 0 ORDER BY atime LIMIT 64"
+                    ).fetchall()
                     if not rows:
                         break
                     for key, size in rows:
@@ -704,11 +774,11 @@ class InstanceCache:
         for path in old:
             self._unlink(path)
 
-    def _place(self, key: str, tmp: Path, final: Path, size: int) -> None:
+    def _place(self, key: str, tmp: Path, final: Path, size: int, collection: str | None = None) -> None:
         """Rename the finished download into place now; its row follows in the next batch commit."""
         os.replace(tmp, final)
         with self._pending_lock:
-            self._pending_rows.append((key, size, self._clock()))
+            self._pending_rows.append((key, size, self._clock(), collection))
             now = len(self._pending_rows) >= COMMIT_BATCH
             if not now and self._commit_timer is None and not self._closed:
                 self._commit_timer = threading.Timer(COMMIT_INTERVAL, self._commit_timer_fired)
@@ -722,10 +792,10 @@ class InstanceCache:
         (total,) = conn.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
         while total > bound:
             rows = conn.execute(
-                "SELECT key, size FROM entries WHERE key != ? ORDER BY atime LIMIT 64", (keep,)
+                "SELECT key, size FROM entries WHERE key != ? AND pinned = 0 ORDER BY atime LIMIT 64", (keep,)
             ).fetchall()
             if not rows:
-                break  # only ``keep`` is left, and it alone exceeds the bound
+                break  # only ``keep`` and pinned entries are left, and they exceed the bound
             for key, size in rows:
                 if total <= bound:
                     break
@@ -807,10 +877,17 @@ class InstanceCache:
         self.flush()
         try:
             with self._db_lock:
-                total, entries = self._conn.execute(
-                    "SELECT coalesce(sum(size), 0), count(*) FROM entries"
+                total, entries, pinned_bytes, pinned_entries = self._conn.execute(
+                    "SELECT coalesce(sum(size), 0), count(*), coalesce(sum(size * (pinned != 0)), 0),"
+                    " coalesce(sum(pinned != 0), 0) FROM entries"
                 ).fetchone()
                 meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+                per_collection = self._conn.execute(
+                    "SELECT collection, coalesce(sum(size * (pinned != 0)), 0),"
+                    " coalesce(sum(size * (pinned = 0)), 0), coalesce(sum(pinned != 0), 0),"
+                    " coalesce(sum(pinned = 0), 0) FROM entries GROUP BY collection"
+                    " ORDER BY collection IS NULL, collection"
+                ).fetchall()
         except sqlite3.Error as exc:
             raise CacheError(f"cannot read the cache index in {self.directory}: {exc}") from exc
         return CacheInfo(
@@ -820,7 +897,95 @@ class InstanceCache:
             entries=int(entries),
             hits=int(meta.get("hits", 0)),
             misses=int(meta.get("misses", 0)),
+            pinned_bytes=int(pinned_bytes),
+            pinned_entries=int(pinned_entries),
+            collections=tuple(
+                CollectionUsage(name, int(pb), int(ub), int(pe), int(ue))
+                for name, pb, ub, pe, ue in per_collection
+            ),
         )
+
+    # ------------------------------------------------------------------------------------------------ pins
+
+    def pin(self, keys: Iterable[str], collection: str | None = None) -> set[str]:
+        """Keep ``keys`` from eviction until :meth:`unpin` or :meth:`clear`; returns the keys pinned.
+
+        A key is pinned only if its file is cached (a file another process placed but has not indexed yet is
+        indexed now, its pin kept when that process's row arrives); the keys left out were not cached.
+        ``collection`` is recorded for the entries that have none. CacheError if the index cannot be written.
+        """
+        return self._mark(keys, collection, pin=True)
+
+    def label(self, keys: Iterable[str], collection: str) -> set[str]:
+        """Record ``collection`` for the cached ``keys`` that have none (indexing files not indexed yet);
+        returns the keys that are cached. CacheError if the index cannot be written."""
+        return self._mark(keys, collection, pin=False)
+
+    def _mark(self, keys: Iterable[str], collection: str | None, *, pin: bool) -> set[str]:
+        self.flush()  # this process's own new entries have rows
+        marked: set[str] = set()
+        now = self._clock()
+        try:
+            with self._transaction() as conn:
+                for key in keys:
+                    size = self.peek(key)
+                    if size is None:
+                        continue
+                    cur = conn.execute(
+                        "UPDATE entries SET pinned = max(pinned, ?), collection = coalesce(collection, ?)"
+                        " WHERE key = ?",
+                        (int(pin), collection, key),
+                    )
+                    if cur.rowcount == 0:
+                        conn.execute(
+                            "INSERT INTO entries(key, size, atime, hits, created, pinned, collection)"
+                            " VALUES (?, ?, ?, 0, ?, ?, ?)",
+                            (key, size, now, now, int(pin), collection),
+                        )
+                    marked.add(key)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot update the cache index in {self.directory}: {exc}") from exc
+        return marked
+
+    def unpin(self, keys: Iterable[str]) -> int:
+        """Let ``keys`` be evicted again; returns how many were pinned. CacheError if the index fails."""
+        return self._unpin("key = ?", [(key,) for key in keys])
+
+    def unpin_all(self, collection: str | None = None) -> int:
+        """Unpin every entry (of ``collection`` only, if given); returns how many were pinned."""
+        if collection is None:
+            return self._unpin("1", [()])
+        return self._unpin("collection = ?", [(collection,)])
+
+    def _unpin(self, where: str, params: list[tuple[str, ...]]) -> int:
+        count = 0
+        try:
+            with self._transaction() as conn:
+                for values in params:
+                    cur = conn.execute(f"UPDATE entries SET pinned = 0 WHERE pinned != 0 AND {where}", values)
+                    count += max(cur.rowcount, 0)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot update the cache index in {self.directory}: {exc}") from exc
+        return count
+
+    def pinned(self, keys: Iterable[str] | None = None) -> dict[str, int]:
+        """``{key: size}`` of the pinned entries (among ``keys``, if given). CacheError if the index fails."""
+        self.flush()
+        try:
+            with self._db_lock:
+                if keys is None:
+                    rows = self._conn.execute("SELECT key, size FROM entries WHERE pinned != 0").fetchall()
+                else:
+                    rows = []
+                    for key in keys:
+                        rows.extend(
+                            self._conn.execute(
+                                "SELECT key, size FROM entries WHERE pinned != 0 AND key = ?", (key,)
+                            ).fetchall()
+                        )
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read the cache index in {self.directory}: {exc}") from exc
+        return {key: int(size) for key, size in rows}
 
     def clear(self) -> int:
         """Remove every entry and reset the counters; returns how many files were removed.

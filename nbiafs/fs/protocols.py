@@ -85,6 +85,15 @@ class SeriesStreamer(Protocol):
         ...
 
 
+@runtime_checkable
+class Md5Source(Protocol):
+    """A client that can ask the server for one instance's MD5 (getMD5HashForImage / getM5HashForImage)."""
+
+    def instance_md5(self, sop_instance_uid: str) -> str | None:
+        """32 lowercase hex digits, or None when the server knows none; raises NbiaError subclasses."""
+        ...
+
+
 class InstanceStore(Protocol):
     """A disk cache of instance files by key (the tree's keys: server hash and SOPInstanceUID), with single
     flight per key."""

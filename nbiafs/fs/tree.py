@@ -37,14 +37,18 @@ raises UnavailableError at once for a listing or an instance never cached; a bac
 
 Fetch strategy. Opening an instance downloads it (getSingleImage). When a reader walks a series (the second
 consecutive open in listing order, see :mod:`~nbiafs.fs.readahead`), a series of small instances
-(``FileSize / ImageCount`` under ``ZIP_MAX_AVERAGE``) is streamed as one getImage ZIP whose members are filed
-as they land, each under the SOPInstanceUID read from its header (:mod:`~nbiafs.fs.series_zip`); the ZIP
-claims the series' instances in the disk cache, so a reader waiting for one is released as soon as its member
-lands, and what the ZIP does not bring is fetched one by one. Larger instances are read ahead one by one,
-``WIDE_WINDOW`` times ``readahead`` ahead. A reader that walks from one series into the next has the
-``SERIES_AHEAD`` series after it listed and started. Every background request runs in one
-:class:`~nbiafs.fs.background.BackgroundPool` of ``max_connections - 2`` threads, in the order a depth-first
-walker reaches them, so a reader's own request never queues behind them in the client's pool.
+(``FileSize / ImageCount`` under ``ZIP_MAX_AVERAGE``) is streamed as one series ZIP with its members' MD5s
+(md5hashes.csv, last) whose members are filed, each under the SOPInstanceUID read from its header, once
+their MD5s are verified (:mod:`~nbiafs.fs.series_zip`): all at once when md5hashes.csv arrives, or, for a
+member a reader has waited ``EARLY_MD5_AFTER`` seconds for, as soon as one getMD5HashForImage confirms it.
+The ZIP claims the series' instances in the disk cache, so a reader waiting for one is released when its
+member is filed, and what the ZIP does not bring (or brings altered) is fetched one by one.
+``TreeSettings.verify_md5`` checks each getSingleImage download against getMD5HashForImage too. Larger
+instances are read ahead one by one, ``WIDE_WINDOW`` times ``readahead`` ahead. A reader that walks from
+one series into the next has the ``SERIES_AHEAD`` series after it listed and started. Every background
+request runs in one :class:`~nbiafs.fs.background.BackgroundPool` of ``max_connections - 2`` threads, in the
+order a depth-first walker reaches them, so a reader's own request never queues behind them in the client's
+pool.
 
 Listing prefetch. Listing a patient lists its first study (one getSeries serves all its studies) and that
 study's first series; listing a study lists its first series. Listing two sibling directories in a row is a
@@ -76,7 +80,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 from cachetools import LRUCache, TLRUCache, TTLCache
 
 from nbiafs.api.records import Patient, Series, Study
-from nbiafs.errors import NbiaError, NotFoundError, UnavailableError
+from nbiafs.errors import BadResponseError, NbiaError, NotFoundError, UnavailableError
 from nbiafs.fs import names
 from nbiafs.fs.background import BackgroundPool, Priority, background_slots
 from nbiafs.fs.dicomcheck import check_instance
@@ -85,7 +89,7 @@ from nbiafs.fs.instance_cache import Claim
 from nbiafs.fs.listing_store import MetaStore
 from nbiafs.fs.listings import Listing, ListingCache, remember
 from nbiafs.fs.offline import PROBE_INTERVAL, Connectivity
-from nbiafs.fs.protocols import ArchiveClient, InstanceStore, SeriesStreamer
+from nbiafs.fs.protocols import ArchiveClient, InstanceStore, Md5Source, SeriesStreamer
 from nbiafs.fs.readahead import ReadAhead
 from nbiafs.fs.series_zip import copy_member, file_series
 from nbiafs.settings import ClientSettings, TreeSettings
@@ -108,6 +112,9 @@ _R = TypeVar("_R", Study, Series)
 ZIP_MAX_AVERAGE = 256 * 1024
 """A series whose instances average fewer bytes than this (FileSize / ImageCount) is fetched as one getImage
 ZIP when a reader walks it; larger ones instance by instance (getSingleImage), many at once."""
+EARLY_MD5_AFTER = 0.3
+"""Seconds a reader waits for an instance a series ZIP has staged (unverified) before the ZIP asks the server
+for that instance's MD5 (one small request) to release it without waiting for md5hashes.csv at its end."""
 WIDE_WINDOW = 2
 """Read-ahead of instance-by-instance series fetches this many times ``TreeSettings.readahead`` ahead."""
 SERIES_AHEAD = 2
@@ -116,6 +123,8 @@ LISTINGS_AHEAD = 256
 """Directories a walk's listing prefetch may run ahead of the walker."""
 _LEVELS = 4  # collection, patient, study, series: the directories above instances
 _FAR = 1 << 30  # the position of a name not (yet) in a listing
+_FAST_PATHS = 65_536  # resolved paths the warm path remembers (see "fast paths" in ArchiveTree)
+_FAST_TOUCH = 60.0  # seconds between two uses of a warm instance counted by the disk cache's LRU
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,10 @@ class ArchiveTree:
         bound = cache.max_bytes
         self._ahead_bytes = bound // 4 if bound else None
         self._streamer = client if isinstance(client, SeriesStreamer) else None
+        self._hasher = client if isinstance(client, Md5Source) else None
+        # SOPInstanceUID -> (readers waiting for it, since when: time.monotonic())
+        self._opening: dict[str, tuple[int, float]] = {}
+        self._opening_lock = threading.Lock()
         self.background = BackgroundPool(background_slots(_max_connections(client)), "nbiafs-background")
         self._readahead = ReadAhead(
             self._prefetch,
@@ -293,6 +306,9 @@ class ArchiveTree:
         self._walked: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=1024)  # series a reader walked
         self._listed: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=4096)  # directories listed
         self._dir_walks: LRUCache[tuple[str, ...], _DirWalk] = LRUCache(maxsize=64)
+        # The warm path's resolutions (see the section "fast paths" at the end of the class).
+        self._fast: LRUCache[str, ArchiveTree._Resolved] = LRUCache(maxsize=_FAST_PATHS)
+        self._fast_lock = threading.Lock()
         self.changes = Changes()
         self._freshness = FreshnessPoller(
             client.updated_series,
@@ -344,7 +360,10 @@ class ArchiveTree:
         return list(listing.names)
 
     def xattrs(self, path: str) -> dict[str, bytes]:
-        """``user.nbia.<Field>`` -> UTF-8 bytes: a directory's API row; a file's UIDs and series fields."""
+        """``user.nbia.<Field>`` -> UTF-8 bytes: a directory's API row; a file's UIDs and series fields.
+
+        And nbiafs's own ``user.nbiafs.*``: the root's ``cache_dir`` and ``cache_max_bytes``; an instance's
+        ``key`` (its instance cache key) and ``cached`` (``1`` or ``0``, from a peek at the cache)."""
         entry = self._resolve(path)
         fields: dict[str, Any] = {}
         if entry.kind == "collection":
@@ -382,6 +401,18 @@ class ArchiveTree:
             data = _xattr_value(value)
             if name is not None and data is not None:
                 out[name] = data
+        # nbiafs's own, for `nbiafs prefetch` and `nbiafs cache unpin`: where the cache is, and for an
+        # instance its cache key and whether it is cached (a peek: nothing is downloaded).
+        if entry.kind == "root":
+            directory = getattr(self._cache, "directory", None)
+            if directory is not None:
+                out["user.nbiafs.cache_dir"] = str(directory).encode("utf-8", "surrogateescape")
+            if self._cache.max_bytes is not None:
+                out["user.nbiafs.cache_max_bytes"] = str(self._cache.max_bytes).encode()
+        elif entry.kind == "instance":
+            key = self.instance_key(entry.sop_uid)
+            out["user.nbiafs.key"] = key.encode("utf-8", "surrogateescape")
+            out["user.nbiafs.cached"] = b"1" if self._cache.peek(key) is not None else b"0"
         return out
 
     def open_instance(self, path: str) -> tuple[Path, bool]:
@@ -404,7 +435,26 @@ class ArchiveTree:
             return cached, False
         if not self.connectivity.online:
             raise UnavailableError(f"offline, and {path} is not in the cache")
-        return self._fetch(entry.series_uid, entry.sop_uid, _estimate(entry.series))
+        sop = entry.sop_uid
+        with self._opening_lock:  # a series ZIP staging it may verify it early (see _waiting)
+            count, since = self._opening.get(sop, (0, time.monotonic()))
+            self._opening[sop] = (count + 1, since)
+        try:
+            return self._fetch(entry.series_uid, sop, _estimate(entry.series))
+        finally:
+            with self._opening_lock:
+                count, since = self._opening.pop(sop)
+                if count > 1:
+                    self._opening[sop] = (count - 1, since)
+
+    def _waiting(self) -> frozenset[str]:
+        """The SOPInstanceUIDs a reader has waited for ``EARLY_MD5_AFTER`` seconds or more: a series ZIP that
+        staged one asks its MD5 rather than keep the reader waiting for md5hashes.csv."""
+        if not self._opening:
+            return frozenset()
+        before = time.monotonic() - EARLY_MD5_AFTER
+        with self._opening_lock:
+            return frozenset(sop for sop, (_count, since) in self._opening.items() if since <= before)
 
     def _fetch(self, series_uid: str, sop_uid: str, expected: int) -> tuple[Path, bool]:
         fetched = False
@@ -417,9 +467,38 @@ class ArchiveTree:
 
         def check(local: Path) -> None:
             check_instance(local, sop_uid)
+            if self.settings.verify_md5:
+                self._check_md5(local, sop_uid)
 
         local = self._cache.fetch(self.instance_key(sop_uid), download, expected=expected, check=check)
         return local, fetched
+
+    def _instance_md5(self, sop_uid: str) -> str | None:
+        """The server's MD5 of one instance (getMD5HashForImage / getM5HashForImage); None: none known."""
+        hasher = self._hasher
+        if hasher is None:
+            return None
+        return self.connectivity.call(lambda: hasher.instance_md5(sop_uid))
+
+    def _check_md5(self, local: Path, sop_uid: str) -> None:
+        """``--verify-md5``: BadResponseError unless the download's MD5 is the server's (none known: accepted)."""
+        expected = self._instance_md5(sop_uid)
+        if expected is None:
+            return
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(local, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            log.error(
+                "instance %s: getSingleImage brought bytes with MD5 %s, the server's MD5 of it is %s; refused",
+                sop_uid,
+                digest.hexdigest(),
+                expected,
+            )
+            raise BadResponseError(
+                f"instance {sop_uid}: the bytes downloaded do not have the server's MD5 ({expected})"
+            )
 
     def _prefetch(self, series_uid: str, sop_uid: str) -> None:
         """Read-ahead's fetch: nothing while offline."""
@@ -512,7 +591,8 @@ class ArchiveTree:
     def _zip_job(
         self, series_uid: str, sop_uids: Sequence[str], keys: dict[str, str], claim: Claim, priority: Priority
     ) -> None:
-        """Stream the series' ZIP into the cache, then queue getSingleImage for what it did not bring."""
+        """Stream the series' ZIP into the cache (each member once its MD5 is verified), then queue
+        getSingleImage for what it did not bring."""
         try:
             if self.connectivity.online and self._streamer is not None and claim.keys:
                 log.debug("streaming series %s as one ZIP (%d instances wanted)", series_uid, len(claim.keys))
@@ -524,7 +604,17 @@ class ArchiveTree:
                     return self._cache.store(key, copy_member(member), expected=size, check=check)
 
                 stream = self._streamer.stream_series(series_uid)
-                file_series(series_uid, self._until_closed(stream), keys, store, claim)
+                file_series(
+                    series_uid,
+                    self._until_closed(stream),
+                    keys,
+                    store,
+                    claim,
+                    md5_of=self._instance_md5 if self._hasher is not None else None,
+                    waiting=self._waiting,
+                    verify=self.settings.verify_md5,
+                    spill_dir=getattr(self._cache, "directory", None),
+                )
         finally:
             claim.release()
             for index, sop in enumerate(sop_uids):
@@ -957,6 +1047,117 @@ class ArchiveTree:
             sop_uids=tuple(listing.entries[name].sop_uid for name in listing.names),
             positions={name: i for i, name in enumerate(listing.names)},
         )
+
+    # --- fast paths -------------------------------------------------------------------------------------
+    # The FUSE adapter's warm path (getattr, getxattr, open of a cached instance): one look in a path ->
+    # resolution LRU instead of a walk through every listing on the path. Read-only: a miss resolves exactly
+    # as lookup() does (and may list). A resolution is used while every listing on its path is unexpired and
+    # its parent's listing is still the one it came from (a re-listing or an eviction of the parent forgets
+    # it); a re-listing higher up (a name missing from a grandparent) is seen when the path's listings
+    # expire, as the kernel's own entry cache would see it.
+
+    class _Resolved:
+        """A resolved path: its entry, the listing it came from, until when it holds, and what was derived."""
+
+        __slots__ = ("entry", "parent", "listing", "expires", "size", "fields", "local", "touched")
+
+        def __init__(self, entry: _Entry, parent: tuple[str, ...], listing: _Dir, expires: float) -> None:
+            self.entry = entry
+            self.parent = parent
+            self.listing = listing
+            self.expires = expires
+            self.size: int | None = None  # an instance's exact size, once seen in the cache (never changes)
+            self.fields: dict[str, bytes] | None = None  # its user.nbia.* attributes
+            self.local: Path | None = None  # an instance's cached file, as the disk cache last gave it
+            self.touched = -math.inf  # when the disk cache last counted a use of it (clock seconds)
+
+    def _resolved(self, path: str) -> ArchiveTree._Resolved | None:
+        """The resolution of ``path`` (None for the root); NotFoundError and the client's errors as lookup."""
+        now = self._clock()
+        with self._fast_lock:
+            hit = self._fast.get(path)
+        if hit is not None and now < hit.expires:
+            with self._lock:
+                current = self._dirs.get(hit.parent)
+            if current is hit.listing:
+                return hit
+        parts = _split(path)
+        if not parts:
+            return None
+        entry = _ROOT
+        expires = math.inf
+        listing: _Dir | None = None
+        for depth, part in enumerate(parts):
+            if entry.kind == "instance":
+                raise NotFoundError(f"not a directory: /{'/'.join(parts[:depth])}")
+            parent = tuple(parts[:depth])
+            listing = self._dir(parent, entry)
+            expires = -math.inf if listing.stale else min(expires, listing.expires)
+            child = listing.entries.get(part)
+            if child is None:  # found only by a re-listing: resolve afresh next time
+                child = self._miss(parent, entry, part, listing)
+                expires = -math.inf
+            entry = child
+        assert listing is not None
+        resolved = ArchiveTree._Resolved(entry, tuple(parts[:-1]), listing, expires)
+        if expires > now:
+            with self._fast_lock:
+                self._fast[path] = resolved
+        return resolved
+
+    def fast_lookup(self, path: str) -> Node:
+        """:meth:`lookup` through the resolution cache. An instance once seen in the disk cache keeps its
+        exact size (its bytes never change), even if the cache evicts it later."""
+        resolved = self._resolved(path)
+        if resolved is None:
+            return Node(_ROOT.kind, _ROOT.name, True, 0, True, _ROOT.mtime)
+        entry = resolved.entry
+        if entry.kind != "instance":
+            return Node(entry.kind, entry.name, True, 0, True, entry.mtime)
+        size = resolved.size
+        if size is None:
+            size = self._cache.peek(self.instance_key(entry.sop_uid))
+            if size is None:
+                return Node(entry.kind, entry.name, False, _estimate(entry.series), False, entry.mtime)
+            resolved.size = size
+        return Node(entry.kind, entry.name, False, size, True, entry.mtime)
+
+    def fast_xattr(self, path: str, name: str) -> bytes | None:
+        """The value of the extended attribute ``name`` of ``path`` (None: it has none). The API's fields
+        (``user.nbia.<Field>``, fixed for an entry) are built once per resolution; other names ask
+        :meth:`xattrs`."""
+        if not name.startswith(XATTR_PREFIX):
+            return self.xattrs(path).get(name)
+        resolved = self._resolved(path)
+        if resolved is None:
+            return self.xattrs(path).get(name)
+        fields = resolved.fields
+        if fields is None:
+            fields = {k: v for k, v in self.xattrs(path).items() if k.startswith(XATTR_PREFIX)}
+            resolved.fields = fields
+        return fields.get(name)
+
+    def open_cached(self, path: str, *, recheck: bool = False) -> Path | None:
+        """The cached file of the instance at ``path`` (read-ahead is told of the open, as by
+        :meth:`open_instance`), or None when it is not in the disk cache: then call :meth:`open_instance`
+        (nothing was noted). NotFoundError if ``path`` is not an instance.
+
+        The file's path is remembered, and the disk cache asked (a use counted for its LRU) at most every
+        ``_FAST_TOUCH`` seconds per path: the caller opens the file at once, and if it is gone (evicted)
+        asks again with ``recheck``."""
+        resolved = self._resolved(path)
+        if resolved is None or resolved.entry.kind != "instance":
+            raise NotFoundError(f"not an instance: {path}")
+        entry = resolved.entry
+        local = resolved.local
+        now = self._clock()
+        if recheck or local is None or now - resolved.touched >= _FAST_TOUCH:
+            local = self._cache.get(self.instance_key(entry.sop_uid))
+            resolved.local, resolved.touched = local, now
+            if local is None:
+                return None
+        self._note_open(resolved.parent, entry)
+        return local
 
 
 def _same(value: str | None, expected: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from nbiafs.errors import FuseUnavailableError
 
-__all__ = ["FUSE_MAJOR", "FuseUnavailableError", "invalidate_path", "mfusepy"]
+__all__ = ["CAN_INVALIDATE", "FUSE_MAJOR", "FuseUnavailableError", "invalidate_path", "mfusepy"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ def _load_invalidate() -> tuple[ctypes.CDLL, Any] | None:
 
 
 _INVALIDATE = _load_invalidate()
+
+CAN_INVALIDATE: bool = _INVALIDATE is not None
+"""Whether :func:`invalidate_path` can drop the kernel's cached attributes (libfuse 3 loaded by nbiafs)."""
 
 
 def invalidate_path(path: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from nbiafs.errors import ConfigError, MountError
-from nbiafs.fuse.adapter import ATTR_TIMEOUT, ENTRY_TIMEOUT, NEGATIVE_TIMEOUT, NbiaFuse
+from nbiafs.fuse.adapter import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, NbiaFuse, kernel_timeout
 from nbiafs.fuse.library import mfusepy
 from nbiafs.fuse.loop import MAX_THREADS, LoopControl, LoopOutcome, patched_main
 from nbiafs.fuse.mounttable import check_mountpoint
@@ -58,9 +58,15 @@ def check_fuse_device(device: str = FUSE_DEVICE) -> None:
 
 
 def fuse_options(
-    *, allow_other: bool = False, extra: Mapping[str, str | bool] | None = None
+    *,
+    allow_other: bool = False,
+    extra: Mapping[str, str | bool] | None = None,
+    timeout: float = ATTR_TIMEOUT,
 ) -> dict[str, str | bool | float]:
     """The mount options nbiafs always uses, plus ``allow_other`` and ``-o`` extras (``key[=value]``).
+
+    ``timeout``: the seconds the kernel keeps attributes and names (see
+    :func:`~nbiafs.fuse.adapter.kernel_timeout`); ``-o attr_timeout=``/``entry_timeout=`` override it.
 
     The options of mount(8) and fstab that mean nothing here (``defaults``, ``noauto``, ``_netdev``, ``user``,
     ``nofail``, ``rw``/``ro``: the mount is always read-only, ``x-*``...) are dropped.
@@ -70,8 +76,8 @@ def fuse_options(
         "default_permissions": True,
         "fsname": "nbiafs",
         "subtype": "nbiafs",
-        "attr_timeout": ATTR_TIMEOUT,
-        "entry_timeout": ENTRY_TIMEOUT,
+        "attr_timeout": timeout,
+        "entry_timeout": timeout,
         "negative_timeout": NEGATIVE_TIMEOUT,
     }
     if allow_other:
@@ -115,7 +121,9 @@ def mount(
     path = check_mountpoint(mountpoint, nonempty=nonempty)
     check_fuse_device()
     ops = NbiaFuse(tree, mountpoint=path, ready_callback=ready_callback)
-    kwargs = fuse_options(allow_other=allow_other, extra=extra)
+    kwargs = fuse_options(
+        allow_other=allow_other, extra=extra, timeout=kernel_timeout(tree.settings.listing_ttl)
+    )
     control = LoopControl(max_threads=max_threads, on_stopping=stopping_callback)
     log.info("mounting at %s with options %s", path, ",".join(f"{k}={v}" for k, v in kwargs.items()))
     with patched_main(control) as ours:

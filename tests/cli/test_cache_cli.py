@@ -91,3 +91,42 @@ def test_info_and_clear_cover_listings(tmp_path: Path, capsys: pytest.CaptureFix
     with MetaStore(directory) as store:
         assert store.count() == 0
         assert store.scoped("http://server/v2|guest").get("collections", 3600) is None
+
+
+def test_info_shows_pinned_and_unpinned_bytes_per_collection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10**6) as cache:
+        cache.fetch(UID.format(1), lambda out: out.write(b"a" * 2048), collection="LIDC-IDRI")
+        cache.fetch(UID.format(2), lambda out: out.write(b"b" * 1024), collection="LIDC-IDRI")
+        cache.fetch(UID.format(3), lambda out: out.write(b"c" * 100))
+        cache.pin([UID.format(1)])
+    assert main(["cache", "info", "--cache-dir", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "pinned:    2.0 KiB (2048 bytes) in 1 entries" in out
+    assert "  LIDC-IDRI: pinned 2.0 KiB (2048 bytes), unpinned 1.0 KiB (1024 bytes) (2 entries)" in out
+    assert "  (unknown): pinned 0 B (0 bytes), unpinned 100 B (100 bytes) (1 entries)" in out
+
+
+def test_unpin_a_collection_or_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10**6) as cache:
+        cache.fetch(UID.format(1), lambda out: out.write(b"a" * 10), collection="A")
+        cache.fetch(UID.format(2), lambda out: out.write(b"b" * 10), collection="B")
+        cache.pin([UID.format(1), UID.format(2)])
+    assert main(["cache", "unpin", "--collection", "A", "--cache-dir", str(directory)]) == 0
+    assert "unpinned 1 entries" in capsys.readouterr().out
+    assert main(["cache", "unpin", "--all", "--cache-dir", str(directory)]) == 0
+    assert "unpinned 1 entries" in capsys.readouterr().out
+    with InstanceCache(directory, None) as cache:
+        assert cache.pinned() == {}
+    assert main(["cache", "unpin", "--all", "--cache-dir", str(tmp_path / "none")]) == 0
+    assert "nothing to unpin" in capsys.readouterr().out
+
+
+def test_unpin_needs_one_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache", "unpin", "--cache-dir", str(tmp_path)]) == 1
+    assert main(["cache", "unpin", "--all", "--collection", "A", "--cache-dir", str(tmp_path)]) == 1
+    assert main(["cache", "unpin", str(tmp_path)]) == 1
+    assert "not inside an nbiafs mount" in capsys.readouterr().err

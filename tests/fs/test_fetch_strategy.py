@@ -17,7 +17,7 @@ import pytest
 
 import nbiafs.fs.tree
 from nbiafs.api.client import NbiaClient
-from nbiafs.errors import UnavailableError
+from nbiafs.errors import BadResponseError, UnavailableError
 from nbiafs.fs.instance_cache import InstanceCache
 from nbiafs.fs.tree import ArchiveTree
 from nbiafs.server import ArchiveServer
@@ -59,6 +59,9 @@ def endpoints(srv: ArchiveServer) -> Counter[str]:
     return Counter(r.endpoint for r in srv.requests if r.endpoint not in ("oauth/token", "logout"))
 
 
+ZIPS = ("getImage", "getImageWithMD5Hash")  # v1/v2 ask getImageWithMD5Hash, v4 getImage?IncludeMD5=Yes
+
+
 def test_zip_files_every_member_under_its_sop_byte_identical(
     make_server: MakeServer, cache: InstanceCache
 ) -> None:
@@ -78,7 +81,7 @@ def test_zip_files_every_member_under_its_sop_byte_identical(
         key = tree.instance_key(inst.sop_instance_uid)
         assert cache.path_for(key).read_bytes() == srv.archive.instance_bytes(inst.sop_instance_uid)
     counts = endpoints(srv)
-    assert counts["getImage"] == 1
+    assert sum(counts[e] for e in ZIPS) == 1 and counts["getImageWithMD5Hash"] == 1
     assert counts["getSingleImage"] <= 2  # the opens before the walk was recognised
 
 
@@ -93,7 +96,7 @@ def test_one_open_streams_no_zip(make_server: MakeServer, cache: InstanceCache) 
         finally:
             tree.close()
     counts = endpoints(srv)
-    assert counts["getImage"] == 0 and counts["getSingleImage"] == 1
+    assert sum(counts[e] for e in ZIPS) == 0 and counts["getSingleImage"] == 1
 
 
 def first_member(srv: ArchiveServer, series: SeriesInfo, skip: set[str]) -> str:
@@ -129,7 +132,8 @@ def test_reader_gets_a_member_as_soon_as_it_lands(
                 tree.open_instance(f"{path}/{name}")
             srv.clear_requests()
             local, _ = tree.open_instance(f"{path}/{first}.dcm")
-            # Released while the ZIP still streams: its last members have not landed yet.
+            # Released while the ZIP still streams (its MD5 asked alone: md5hashes.csv comes last): its last
+            # members have not landed yet.
             last = [inst.sop_instance_uid for inst in series.instances][-3:]
             assert all(cache.peek(tree.instance_key(sop)) is None for sop in last)
             assert local.read_bytes() == srv.archive.instance_bytes(first)
@@ -138,17 +142,36 @@ def test_reader_gets_a_member_as_soon_as_it_lands(
             tree.close()
     singles = [r for r in srv.requests if r.endpoint == "getSingleImage"]
     assert not [r for r in singles if first in r.path]  # it came from the ZIP, not by itself
+    hashes = [r for r in srv.requests if r.endpoint == "getM5HashForImage"]
+    assert [r for r in hashes if first in r.path]
 
 
 class ZipTampering:
-    """A real client whose getImage stream is rewritten: cut after ``cut`` members, or without ``drop``."""
+    """A real client whose series ZIP stream is rewritten: cut after ``cut`` members, without member ``drop``,
+    with member ``alter``'s bytes altered (its CRC matching, md5hashes.csv not), without md5hashes.csv
+    (``csv=False``), or held before md5hashes.csv until ``hold`` is set."""
 
-    def __init__(self, client: NbiaClient, *, cut: int | None = None, drop: int | None = None) -> None:
+    def __init__(
+        self,
+        client: NbiaClient,
+        *,
+        cut: int | None = None,
+        drop: int | None = None,
+        alter: int | None = None,
+        csv: bool = True,
+        hold: threading.Event | None = None,
+    ) -> None:
         self._client = client
         self.cut = cut
         self.drop = drop
+        self.alter = alter
+        self.csv = csv
+        self.hold = hold
+        self.holding = threading.Event()
         self.settings = client.settings
         self.singles: Counter[str] = Counter()
+        self.hashes: Counter[str] = Counter()
+        self.altered: str | None = None  # the SOPInstanceUID of the altered member
         self.zips = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -162,22 +185,41 @@ class ZipTampering:
         self.singles[sop_uid] += 1
         return self._client.download_instance(series_uid, sop_uid, out)
 
+    def instance_md5(self, sop_uid: str) -> str | None:
+        self.hashes[sop_uid] += 1
+        return self._client.instance_md5(sop_uid)
+
     def stream_series(self, series_uid: str) -> Iterator[bytes]:
+        from nbiafs.fs.dicomcheck import read_sop_instance_uid
+        from nbiafs.server.faults import corrupt
+
         self.zips += 1
         original = io.BytesIO(b"".join(self._client.stream_series(series_uid)))
         out = io.BytesIO()
         with zipfile.ZipFile(original) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+            assert src.namelist()[-1] == "md5hashes.csv"
             members = [n for n in src.namelist() if n.endswith(".dcm")]
             for index, name in enumerate(members):
                 if index == self.drop:
                     continue
-                dst.writestr(name, src.read(name))
+                data = src.read(name)
+                if index == self.alter:
+                    self.altered = read_sop_instance_uid(io.BytesIO(data))
+                    data = corrupt(data)
+                dst.writestr(name, data)
+            csv_at = out.tell()
+            if self.csv:
+                dst.writestr("md5hashes.csv", src.read("md5hashes.csv"))
         data = out.getvalue()
         if self.cut is not None:  # cut inside the member after ``cut`` whole ones
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 info = zf.infolist()[self.cut]
                 data = data[: info.header_offset + 40]
         for start in range(0, len(data), 4096):
+            if self.hold is not None and start + 4096 > csv_at:
+                self.holding.set()
+                assert self.hold.wait(30)
+                self.hold = None
             yield data[start : start + 4096]
         if self.cut is not None:
             raise UnavailableError("getImage: body cut off (injected)")
@@ -200,10 +242,118 @@ def test_what_the_zip_does_not_bring_comes_by_getsingleimage(
     for name, local in opened:
         assert local.read_bytes() == archive_server.archive.instance_bytes(name.removesuffix(".dcm"))
     assert all(n == 1 for n in client.singles.values())
-    fetched_alone = set(client.singles)
-    expected_missing = series.image_count - 5 if how == "cut" else 1
+    fetched_alone = set(client.singles) | set(client.hashes)
+    # A cut ZIP never brought md5hashes.csv: what it staged was never verified (unless a reader waiting for it
+    # had its MD5 asked), so it all comes alone.
+    expected_missing = series.image_count if how == "cut" else 1
     assert len(fetched_alone) >= expected_missing
     assert len(fetched_alone) <= expected_missing + 2  # plus the opens before the walk was recognised
+
+
+def test_an_altered_member_is_never_cached_and_comes_by_getsingleimage(
+    archive_server: ArchiveServer, cache: InstanceCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    series = one_series(archive_server, RIDER)
+    with api_client(archive_server.url, "v1") as real:
+        client = ZipTampering(real, alter=6)
+        tree = uid_tree(client, cache)
+        try:
+            opened = walk(tree, series_path(series))
+            assert tree.background.join(30)
+        finally:
+            tree.close()
+    altered = client.altered
+    assert altered is not None
+    for name, local in opened:
+        assert local.read_bytes() == archive_server.archive.instance_bytes(name.removesuffix(".dcm"))
+    for inst in series.instances:
+        path = cache.path_for(tree.instance_key(inst.sop_instance_uid))
+        assert path.read_bytes() == archive_server.archive.instance_bytes(inst.sop_instance_uid)
+    assert client.singles[altered] == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and altered in r.getMessage()]
+    assert errors, "the altered member is logged as an error naming its SOPInstanceUID"
+
+
+def test_no_member_is_filed_before_md5hashes_csv(archive_server: ArchiveServer, cache: InstanceCache) -> None:
+    """Held before its md5hashes.csv, a ZIP has filed nothing (no reader waits for a member); then all."""
+    series = one_series(archive_server, RIDER)
+    hold = threading.Event()
+    with api_client(archive_server.url, "v1") as real:
+        client = ZipTampering(real, hold=hold)
+        tree = uid_tree(client, cache)
+        try:
+            path = series_path(series)
+            names = tree.listdir(path)
+            for name in names[:2]:  # the second consecutive open starts the ZIP
+                tree.open_instance(f"{path}/{name}")
+            assert client.holding.wait(30)
+            rest = [n.removesuffix(".dcm") for n in names[2:]]
+            assert all(cache.peek(tree.instance_key(sop)) is None for sop in rest)
+            hold.set()
+            assert tree.background.join(30)
+            assert all(cache.peek(tree.instance_key(sop)) is not None for sop in rest)
+        finally:
+            hold.set()
+            tree.close()
+    assert not set(client.singles) & set(rest) and not client.hashes
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_zip_without_md5hashes_csv_is_checked_as_getsingleimage_is(
+    archive_server: ArchiveServer, cache: InstanceCache, verify: bool
+) -> None:
+    """No md5hashes.csv (v3, or a server that ignores the request): the members are filed on the DICOM
+    check alone, or with ``verify_md5`` once getM5HashForImage confirms each."""
+    series = one_series(archive_server, RIDER)
+    with api_client(archive_server.url, "v1") as real:
+        client = ZipTampering(real, csv=False)
+        tree = uid_tree(client, cache, verify_md5=verify)
+        try:
+            opened = walk(tree, series_path(series))
+            assert tree.background.join(30)
+        finally:
+            tree.close()
+    for name, local in opened:
+        assert local.read_bytes() == archive_server.archive.instance_bytes(name.removesuffix(".dcm"))
+    assert len(client.singles) <= 2  # the opens before the walk was recognised
+    if verify:
+        assert set(client.hashes) == {i.sop_instance_uid for i in series.instances}
+    else:
+        assert not client.hashes
+
+
+class AlteringClient(ZipTampering):
+    """getSingleImage answers with altered bytes (length kept); the MD5 endpoint tells the truth."""
+
+    def download_instance(self, series_uid: str, sop_uid: str, out: BinaryIO) -> int:
+        from nbiafs.server.faults import corrupt
+
+        self.singles[sop_uid] += 1
+        buf = io.BytesIO()
+        self._client.download_instance(series_uid, sop_uid, buf)
+        return out.write(corrupt(buf.getvalue()))
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_verify_md5_refuses_altered_single_images(
+    archive_server: ArchiveServer, cache: InstanceCache, verify: bool
+) -> None:
+    series = one_series(archive_server, RIDER)
+    sop = series.instances[0].sop_instance_uid
+    with api_client(archive_server.url, "v1") as real:
+        client = AlteringClient(real)
+        tree = uid_tree(client, cache, verify_md5=verify, readahead=0)
+        try:
+            if verify:
+                with pytest.raises(BadResponseError, match="MD5"):
+                    tree.open_instance(f"{series_path(series)}/{sop}.dcm")
+                assert cache.peek(tree.instance_key(sop)) is None
+            else:
+                local, _ = tree.open_instance(f"{series_path(series)}/{sop}.dcm")
+                assert local.read_bytes() != archive_server.archive.instance_bytes(sop)  # cannot be checked
+        finally:
+            tree.close()
+    assert client.hashes[sop] == (1 if verify else 0)
 
 
 def test_a_failing_zip_is_never_a_readers_error(archive_server: ArchiveServer, cache: InstanceCache) -> None:

@@ -431,3 +431,112 @@ def test_rows_are_committed_in_batches_without_fsync(
     info = cache.info()
     assert (info.entries, info.misses) == (100, 100)
     assert len(commits) < 25  # one per batch, not one per instance
+
+
+# --- pins and collections ---------------------------------------------------------------------------------
+
+
+def test_pinned_entries_are_never_evicted(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with InstanceCache(tmp_path / "cache", 1000, clock=clock) as cache:
+        keys = [UID.format(i) for i in range(6)]
+        for key in keys[:2]:
+            cache.fetch(key, writer(b"p" * 300), collection="Pinned")
+            clock.advance(1)
+        assert cache.pin(keys[:2]) == set(keys[:2])  # the oldest entries, pinned
+        for key in keys[2:]:
+            cache.fetch(key, writer(b"u" * 300))
+            clock.advance(1)
+        cache.flush()
+        assert [cache.peek(k) for k in keys[:2]] == [300, 300]
+        assert cache.peek(keys[5]) == 300  # the newest unpinned entry stays
+        info = cache.info()
+        assert (info.total_bytes, info.pinned_bytes, info.pinned_entries) == (900, 600, 2)
+        assert cache.pinned() == {keys[0]: 300, keys[1]: 300}
+        assert cache.pinned([keys[1], keys[5]]) == {keys[1]: 300}
+        assert cache.unpin([keys[0], keys[4]]) == 1
+        cache.fetch(UID.format(9), writer(b"n" * 300))  # now keys[0] is the least recently used
+        cache.flush()
+        assert cache.peek(keys[0]) is None and cache.peek(keys[1]) == 300
+
+
+def test_pins_hold_against_the_free_space_floor(tmp_path: Path) -> None:
+    free = [10_000]
+    with InstanceCache(tmp_path / "c", None, min_free=1000, disk_usage=lambda _p: (free[0], 10**6)) as cache:
+        cache.fetch(UID.format(1), writer(b"a" * 500))
+        cache.fetch(UID.format(2), writer(b"b" * 500))
+        cache.pin([UID.format(1)])
+        free[0] = 1000  # at the floor: room must be made for the next one
+        cache.fetch(UID.format(3), writer(b"c" * 400), expected=400)
+        assert cache.peek(UID.format(1)) == 500 and cache.peek(UID.format(2)) is None
+        cache.pin([UID.format(3)])
+        with pytest.raises(CacheError):  # only pinned entries are left: nothing to evict
+            cache.fetch(UID.format(4), writer(b"d" * 400), expected=400)
+
+
+def test_pin_indexes_a_file_another_process_has_not_indexed_yet(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with (
+        InstanceCache(directory, 10_000, flush_interval=3600) as mount,
+        InstanceCache(directory, None) as other,
+    ):
+        body = dicom_bytes(UID.format(1))
+        fetching = threading.Thread(target=mount.fetch, args=(UID.format(1), writer(body)))
+        mount._pending_lock.acquire()  # the file is renamed into place; the mount's row is not written yet
+        try:
+            fetching.start()
+            wait_for(lambda: mount.peek(UID.format(1)) is not None, 5)
+            assert other.pin([UID.format(1), UID.format(2)], "C") == {UID.format(1)}
+        finally:
+            mount._pending_lock.release()
+        fetching.join(5)
+        mount.flush()  # its row arrives and keeps the pin
+        assert other.pinned() == {UID.format(1): len(body)}
+        info = other.info()
+        assert info.entries == 1 and info.collections[0].collection == "C"
+
+
+def test_info_per_collection_and_labels(cache: InstanceCache) -> None:
+    cache.fetch(UID.format(1), writer(b"a" * 100), collection="A")
+    cache.fetch(UID.format(2), writer(b"b" * 50), collection="B")
+    cache.fetch(UID.format(3), writer(b"c" * 20))
+    cache.fetch(UID.format(4), writer(b"d" * 10))
+    assert cache.label([UID.format(3), UID.format(1), UID.format(8)], "B") == {UID.format(1), UID.format(3)}
+    cache.pin([UID.format(2)])
+    usage = {u.collection: u for u in cache.info().collections}
+    assert list(usage) == ["A", "B", None]  # by name, the unknown last
+    assert (usage["A"].pinned_bytes, usage["A"].unpinned_bytes) == (0, 100)  # a label never overrides
+    assert (usage["B"].pinned_bytes, usage["B"].unpinned_bytes, usage["B"].pinned_entries) == (50, 20, 1)
+    assert (usage[None].unpinned_bytes, usage[None].unpinned_entries) == (10, 1)
+    assert cache.unpin_all("A") == 0 and cache.unpin_all("B") == 1
+    cache.pin([UID.format(1), UID.format(4)])
+    assert cache.unpin_all() == 2
+
+
+def test_clear_removes_pins(cache: InstanceCache) -> None:
+    cache.fetch(UID.format(1), writer(b"a" * 100))
+    cache.pin([UID.format(1)])
+    assert cache.clear() == 1
+    cache.fetch(UID.format(1), writer(b"a" * 100))
+    assert cache.info().pinned_entries == 0
+
+
+def test_an_index_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    directory = tmp_path / "c"
+    with InstanceCache(directory, 10_000) as cache:
+        cache.fetch(UID.format(1), writer(b"a" * 100))
+    conn = sqlite3.connect(directory / "index.sqlite3")
+    with conn:  # as nbiafs with schema 1 wrote it
+        conn.execute("ALTER TABLE entries DROP COLUMN pinned")
+        conn.execute("ALTER TABLE entries DROP COLUMN collection")
+        conn.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+    conn.close()
+    with InstanceCache(directory, 10_000) as cache:
+        assert cache.info().entries == 1
+        assert cache.pin([UID.format(1)], "A") == {UID.format(1)}
+        assert cache.info().collections[0].pinned_bytes == 100
+    conn = sqlite3.connect(directory / "index.sqlite3")
+    assert conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (2,)
+    conn.close()

@@ -96,7 +96,9 @@ def test_every_path_resolves(
     for path, kind in walk(tree):
         kinds[kind] += 1
         attrs = tree.xattrs(path)
-        assert all(k.startswith("user.nbia.") and isinstance(v, bytes) for k, v in attrs.items())
+        assert all(
+            k.startswith(("user.nbia.", "user.nbiafs.")) and isinstance(v, bytes) for k, v in attrs.items()
+        )
         if kind == "series":
             assert "user.nbia.Modality" in attrs
             count = int(attrs["user.nbia.ImageCount"])

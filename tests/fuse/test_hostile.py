@@ -266,32 +266,36 @@ def test_truncated_series_zips_are_completed_one_by_one(
     for name, path in got.items():
         assert path.read_bytes() == expected[name], name
     assert_cache_trustworthy(tmp_path / "cache", expected)
-    assert any(r.endpoint == "getImage" for r in srv.requests)
+    assert any(r.endpoint in ("getImage", "getImageWithMD5Hash") for r in srv.requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mount bug: the mount never checks an instance's MD5 (getSingleImage is not compared with "
-    "getMD5HashForImage, getImage is fetched without md5hashes.csv), so pixel bytes altered in transit with "
-    "the length kept are served and cached (fs/tree.py _fetch/_zip_job, fs/dicomcheck.py)",
-)
 @pytest.mark.parametrize("where", ["image", "zip"])
 def test_altered_bytes_are_eio_and_never_cached(
     make_server: Callable[..., ArchiveServer], tmp_path: Path, where: str
 ) -> None:
+    """Pixel bytes altered with the length kept (a ZIP's CRCs match them): a series ZIP's members are always
+    checked against its md5hashes.csv (an altered one comes by getSingleImage); getSingleImage is checked
+    against getMD5HashForImage with ``--verify-md5`` (a mismatch is EIO)."""
     srv = make_server()
     expected = archive_files(srv.archive, PETCR)
-    with mounted(tmp_path / "mnt", srv.url, tmp_path / "cache", "--timeout", str(TIMEOUT)) as m:
+    extra = ("--verify-md5",) if where == "image" else ()
+    with mounted(tmp_path / "mnt", srv.url, tmp_path / "cache", "--timeout", str(TIMEOUT), *extra) as m:
         files = files_under(m.path / PETCR)
         srv.config.fault_scope = {"corrupt": (where,)}
         srv.config.corrupt_rate = 1.0
         if where == "image":
             assert_eio_uncached(m, files, expected, deadline=10)
+            assert "MD5" in m.log()
         else:
             done = run(["cp", "-r", str(m.path / PETCR), str(tmp_path / "copy")], timeout=60)
-            for name, path in files_under(tmp_path / "copy").items():
+            assert done.returncode == 0, done.stderr + m.log()[-3000:]
+            copied = files_under(tmp_path / "copy")
+            assert sorted(copied) == sorted(expected)
+            for name, path in copied.items():
                 assert path.read_bytes() == expected[name], f"{name}: wrong bytes read ({done.stderr})"
             assert_cache_trustworthy(m.cache_dir, expected)
+            assert "is not the bytes of instance" in m.log()  # the ZIP was fetched, and its members refused
+            assert any(r.endpoint == "getImageWithMD5Hash" for r in srv.requests)
 
 
 def test_another_instances_bytes_are_eio_and_never_cached(hostile: Any) -> None:
