@@ -122,3 +122,58 @@ def test_formatters_and_params() -> None:
     assert parse_params(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
     with pytest.raises(ConfigError):
         parse_params(["novalue"])
+
+
+ADVANCED = [
+    ("getModalityValuesAndCounts", ["-p", "Collection=RIDER Synth CT"]),
+    ("getBodyPartValuesAndCounts", []),
+    ("getCollectionValuesAndCounts", []),
+    ("getManufacturerValuesAndCounts", []),
+    ("getCollectionDescriptions", ["-p", "collectionName=RIDER Synth CT"]),
+    ("getCollectionOrSeriesForDOI", ["-p", "CollectionOrSeries=collection"]),
+    (
+        "getSimpleSearch",
+        ["-p", "criteriaType0=CollectionCriteria", "-p", "value0=RIDER Synth CT", "-p", "sortField=subject"]
+        + ["-p", "sortDirection=ascending", "-p", "start=0", "-p", "size=10"],
+    ),
+]
+
+
+@pytest.mark.parametrize("version", ["v2", "v4"])
+@pytest.mark.parametrize(("endpoint", "params"), ADVANCED, ids=[name for name, _ in ADVANCED])
+def test_every_advanced_endpoint_answers_on_both_prefixes(
+    archive_server: ArchiveServer,
+    capsys: pytest.CaptureFixture[str],
+    version: str,
+    endpoint: str,
+    params: list[str],
+) -> None:
+    api = f"{archive_server.url}/nbia-api/services/{version}"
+    status, out, err = run(capsys, endpoint, "--api-url", api, *params)
+    assert status == 0, err
+    rows = json.loads(out)
+    assert rows and all(isinstance(row, dict) for row in rows), out
+
+
+@pytest.mark.parametrize("version", ["v2", "v4"])
+def test_dicom_tags_and_the_search_manifest(
+    archive_server: ArchiveServer, capsys: pytest.CaptureFixture[str], version: str
+) -> None:
+    api = f"{archive_server.url}/nbia-api/services/{version}"
+    series = next(s for s in archive_server.archive.iter_series() if s.collection == "RIDER Synth CT")
+    status, out, err = run(
+        capsys, "getDicomTags", "--api-url", api, "-p", f"SeriesUID={series.series_instance_uid}"
+    )
+    assert status == 0, err
+    assert any(row.get("data") == series.series_instance_uid for row in json.loads(out))
+    search = [
+        "-p",
+        "criteriaType0=CollectionCriteria",
+        "-p",
+        "value0=RIDER Synth CT",
+        "-p",
+        "sortField=subject",
+    ]
+    status, out, err = run(capsys, "getManifestForSimpleSearch", "--api-url", api, *search)
+    assert status == 0, err
+    assert "ListOfSeriesToDownload=" in out and series.series_instance_uid in out
