@@ -166,14 +166,7 @@ def test_dicom_tags_and_the_search_manifest(
     )
     assert status == 0, err
     assert any(row.get("data") == series.series_instance_uid for row in json.loads(out))
-    search = [
-        "-p",
-        "criteriaType0=CollectionCriteria",
-        "-p",
-        "value0=RIDER Synth CT",
-        "-p",
-        "sortField=subject",
-    ]
+    search = ADVANCED[-1][1]  # sortField, sortDirection, start and size are required (else 500)
     status, out, err = run(capsys, "getManifestForSimpleSearch", "--api-url", api, *search)
     assert status == 0, err
     assert "ListOfSeriesToDownload=" in out and series.series_instance_uid in out
