@@ -73,6 +73,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
@@ -287,6 +288,7 @@ class ArchiveTree:
         self._ahead_bytes = bound // 4 if bound else None
         self._streamer = client if isinstance(client, SeriesStreamer) else None
         self._hasher = client if isinstance(client, Md5Source) else None
+        self._md5_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nbiafs-md5")
         # SOPInstanceUID -> (readers waiting for it, since when: time.monotonic())
         self._opening: dict[str, tuple[int, float]] = {}
         self._opening_lock = threading.Lock()
@@ -325,6 +327,7 @@ class ArchiveTree:
         """Stop background work (downloads under way finish or time out) and probing. Unusable afterwards."""
         self._closing.set()
         self._freshness.close()
+        self._md5_pool.shutdown(wait=False, cancel_futures=True)
         self.connectivity.close()
         self._readahead.close()
         self.background.close()
@@ -458,17 +461,21 @@ class ArchiveTree:
 
     def _fetch(self, series_uid: str, sop_uid: str, expected: int) -> tuple[Path, bool]:
         fetched = False
+        md5: Future[str | None] | None = None
 
         def download(out: BinaryIO) -> int:
-            nonlocal fetched
+            nonlocal fetched, md5
             fetched = True
+            if self.settings.verify_md5 and self._hasher is not None:
+                # Asked beside the download, so the check adds a request but no round trip.
+                md5 = self._md5_pool.submit(self._instance_md5, sop_uid)
             log.debug("downloading instance %s of series %s", sop_uid, series_uid)
             return self.connectivity.call(lambda: self._client.download_instance(series_uid, sop_uid, out))
 
         def check(local: Path) -> None:
             check_instance(local, sop_uid)
-            if self.settings.verify_md5:
-                self._check_md5(local, sop_uid)
+            if md5 is not None:
+                self._check_md5(local, sop_uid, md5.result())
 
         local = self._cache.fetch(self.instance_key(sop_uid), download, expected=expected, check=check)
         return local, fetched
@@ -480,9 +487,9 @@ class ArchiveTree:
             return None
         return self.connectivity.call(lambda: hasher.instance_md5(sop_uid))
 
-    def _check_md5(self, local: Path, sop_uid: str) -> None:
-        """``--verify-md5``: BadResponseError unless the download's MD5 is the server's (none known: accepted)."""
-        expected = self._instance_md5(sop_uid)
+    def _check_md5(self, local: Path, sop_uid: str, expected: str | None) -> None:
+        """``verify_md5``: BadResponseError unless the download's MD5 is ``expected``, the server's (None: none
+        known, accepted)."""
         if expected is None:
             return
         digest = hashlib.md5(usedforsecurity=False)
