@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 
 from nbiafs.api.client import NbiaClient
 from nbiafs.api.credentials import ENV_API_KEY, Credentials, load_credentials
@@ -18,14 +19,20 @@ from nbiafs.settings import ClientSettings
 log = logging.getLogger(__name__)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+def positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    """An argparse ``type`` accepting a positive number of ``kind`` (float or int)."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +67,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive(float),
         default=defaults.timeout,
         metavar="S",
         help="seconds to wait for a connection and for each read (default: %(default)s)",

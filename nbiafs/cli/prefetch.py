@@ -51,7 +51,7 @@ from tqdm import tqdm
 from nbiafs.api.manifest import load_manifest
 from nbiafs.api.records import Series
 from nbiafs.cli.logs import add_logging_options
-from nbiafs.cli.options import add_server_options, client_from_args
+from nbiafs.cli.options import add_server_options, client_from_args, positive
 from nbiafs.errors import ConfigError, NbiaError
 from nbiafs.fs import names
 from nbiafs.fs.instance_cache import InstanceCache
@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=_positive_int,
+        type=positive(int),
         default=DEFAULT_JOBS,
         metavar="N",
         help="series fetched at once (default: %(default)s)",
@@ -126,16 +126,6 @@ def register(subparsers: Any) -> None:
     add_server_options(parser)
     add_logging_options(parser)
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nbiafs.server import rows
 from nbiafs.server.endpoints import Endpoint
 
 # Returned attributes: name -> (DICOM tag, description); from spec 000.
@@ -84,29 +85,7 @@ _RETURNS: dict[str, tuple[str, ...]] = {
         "LongitudinalTemporalEventType",
         "LongitudinalTemporalOffsetFromEvent",
     ),
-    "getSeries": (
-        "SeriesInstanceUID",
-        "StudyInstanceUID",
-        "Modality",
-        "ProtocolName",
-        "SeriesDate",
-        "SeriesDescription",
-        "BodyPartExamined",
-        "SeriesNumber",
-        "AnnotationsFlag",
-        "Collection",
-        "PatientID",
-        "Manufacturer",
-        "ManufacturerModelName",
-        "SoftwareVersions",
-        "ImageCount",
-        "TimeStamp",
-        "LicenseName",
-        "LicenseURI",
-        "CollectionURI",
-        "FileSize",
-        "DateReleased",
-    ),
+    "getSeries": rows.V1_SERIES[: rows.V1_SERIES.index("DateReleased") + 1],  # v3 stops at DateReleased
     "getSeriesSize": ("TotalSizeInBytes", "ObjectCount"),
     "getSOPInstanceUIDs": ("SOPInstanceUID",),
 }
