@@ -5,7 +5,7 @@ Layout of a cache directory (dirs 0700, files 0600)::
     index.sqlite3[-wal,-shm]   the index: one row per entry (size, last access, hits, pinned, collection) and
                                the counters
     data/<xx>/<name>.dcm       the instances; <xx> = first two hex digits of sha256(key)
-    data/<xx>/<name>.dcm.<random>.part    a download in progress (never under the final name)
+    data/<xx>/<name>.dcm.w.part    a download in progress (never under the final name)
     locks/<name>.dcm.lock      per-key flock held while one process downloads that key
     spill/<random>.spill       an instance larger than the cache bound, served but not kept (see below)
 
@@ -25,11 +25,12 @@ Evictions and clears happen inside ``BEGIN IMMEDIATE`` transactions on the index
 orders them across processes; a batch indexes only files still on disk.
 
 Crashes. Files are not fsynced: integrity comes from the checks, not from the disk. A download is written to
-a ``.part`` file and renamed only once complete and accepted by ``check``, so a partial download never
-appears under its final name, and a process that dies leaves at worst ``.part`` files (removed at start-up)
-and entries without rows (adopted at start-up). After an operating-system crash or power loss a recent file
-may have lost its data; :meth:`~InstanceCache.reconcile` (run on start-up) removes every entry whose size is
-not the one indexed, and adopts an unindexed file only if it is a complete DICOM file.
+a ``.part`` file (one name per key, written only under the key's lock, so a dead process's is overwritten) and
+renamed only once complete and accepted by ``check``, so a partial download never appears under its final
+name, and a process that dies leaves at worst ``.part`` files (removed at start-up, or by the key's next
+single download) and entries without rows (adopted at start-up). After an operating-system crash or power
+loss a recent file may have lost its data; :meth:`~InstanceCache.reconcile` (run on start-up) removes every
+entry whose size is not the one indexed, and adopts an unindexed file only if it is a complete DICOM file.
 
 Trust. The directory (and data/, locks/) must belong to the user and not be writable by group or others, else
 ConfigError: a file planted there would be served. A fetch takes a ``check`` that must accept the finished
@@ -93,6 +94,8 @@ DATA_DIR = "data"
 LOCK_DIR = "locks"
 SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
+PART_TAG = ".w"
+"""Between an entry's name and ``PART_SUFFIX`` in its download's file name (older versions put a random tag)."""
 LOCK_SUFFIX = ".lock"
 MAX_NAME = 200
 SCHEMA_VERSION = 2
@@ -100,6 +103,8 @@ SCHEMA_VERSION = 2
 SPILL_DIR = "spill"
 SPILL_SUFFIX = ".spill"
 SPILL_KEEP = 60.0
+PATHS_REMEMBERED = 8192
+"""Keys whose entry paths are kept in memory (a path costs a SHA-256 and an escaping to compute)."""
 """Seconds an instance too large for the cache stays in spill/ for its caller to open."""
 FREE_FLOOR_FRACTION = 0.05
 FREE_FLOOR_BYTES = 1 << 30
@@ -245,6 +250,7 @@ class InstanceCache:
         self.claim_wait = claim_wait
         self._claims: dict[str, Future[Path | None]] = {}
         self._claims_lock = threading.Lock()
+        self._paths: dict[str, Path] = {}
         self._pending_rows: list[tuple[str, int, float, str | None]] = []
         self._commit_timer: threading.Timer | None = None
         self.max_bytes = max_bytes
@@ -381,7 +387,12 @@ class InstanceCache:
 
     def path_for(self, key: str) -> Path:
         """Where ``key``'s entry lives when cached (whether or not it is)."""
-        return self._data / _shard(key) / entry_name(key)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) >= PATHS_REMEMBERED:
+                self._paths.clear()
+            path = self._paths[key] = self._data / _shard(key) / entry_name(key)
+        return path
 
     def peek(self, key: str) -> int | None:
         """Size in bytes of ``key``'s entry if cached, else None. Touches nothing, counts nothing."""
@@ -591,7 +602,7 @@ class InstanceCache:
         included (nothing is cached then).
         """
         final = self.path_for(key)
-        if self.peek(key) is not None:
+        if os.path.isfile(final):
             return final
         name = final.name
         self._drop_spilled()
@@ -605,7 +616,7 @@ class InstanceCache:
             if os.path.isfile(final):
                 return final
             self._make_room(expected)
-            return self._download(key, final, write, check, collection)
+            return self._download(key, final, write, check, collection, sweep=False)
         finally:
             self._unlock_key(name, lock_fd)
 
@@ -648,15 +659,25 @@ class InstanceCache:
         download: Callable[[BinaryIO], int],
         check: Check | None,
         collection: str | None = None,
+        *,
+        sweep: bool = True,
     ) -> Path:
-        """One download into a temporary file, checked, then renamed into place (or into spill/)."""
+        """One download into the key's ``.part`` file (the caller holds the key's lock), checked, then renamed
+        into place (or into spill/). ``sweep``: remove the key's other ``.part`` files first (a dead process's;
+        a listing of the shard, so not done for the members of a series ZIP)."""
+        tmp = final.with_name(final.name + PART_TAG + PART_SUFFIX)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
-            fd, tmp_name = tempfile.mkstemp(prefix=final.name + ".", suffix=PART_SUFFIX, dir=final.parent)
+            if sweep:
+                final.parent.mkdir(mode=0o700, exist_ok=True)
+                self._remove_stale_parts(final)  # we hold the key's lock: any .part of it is a dead process's
+            try:
+                fd = os.open(tmp, flags, 0o600)
+            except FileNotFoundError:  # the shard's first entry
+                final.parent.mkdir(mode=0o700, exist_ok=True)
+                fd = os.open(tmp, flags, 0o600)
         except OSError as exc:
             raise _disk_error(f"cannot write to {final.parent}: {exc}", exc) from exc
-        tmp = Path(tmp_name)
         done = False
         try:
             out = os.fdopen(fd, "wb")
@@ -767,6 +788,8 @@ class InstanceCache:
         return spilled
 
     def _drop_spilled(self, everything: bool = False) -> None:
+        if not self._spilled:
+            return
         cutoff = time.monotonic() - SPILL_KEEP
         with self._spill_lock:
             old = [p for t, p in self._spilled if everything or t < cutoff]
@@ -1086,7 +1109,7 @@ class InstanceCache:
                     with os.scandir(shard.path) as entries:
                         parts.extend(Path(e.path) for e in entries if e.name.endswith(PART_SUFFIX))
         for part in parts:
-            name = part.name[: -len(PART_SUFFIX)].rsplit(".", 1)[0]  # strip mkstemp's random part
+            name = part.name[: -len(PART_SUFFIX)].rsplit(".", 1)[0]  # strip PART_TAG (or a random tag)
             try:
                 fd = self._lock_key(name, blocking=False)
             except BlockingIOError:

@@ -32,6 +32,7 @@ import csv
 import hashlib
 import io
 import logging
+import mmap
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
@@ -42,7 +43,7 @@ from typing import IO
 from stream_unzip import UnzipError, stream_unzip
 
 from nbiafs.errors import BadResponseError, CacheError, NbiaError
-from nbiafs.fs.dicomcheck import complete_sop_instance_uid, read_sop_instance_uid
+from nbiafs.fs.dicomcheck import header_sop_instance_uid
 from nbiafs.fs.instance_cache import Claim
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ MD5_MEMBER = "md5hashes.csv"
 """The member that carries the other members' MD5s (last in the ZIP)."""
 STAGE_IN_MEMORY = 32 << 20
 """Bytes of staged members (all together) held in memory; further members go to anonymous temporary files."""
-SPOOL_IN_MEMORY = 4 << 20
-"""A member larger than this has its SOPInstanceUID read with pydicom from its file, not from memory."""
+UNZIP_CHUNK = 1 << 20
+"""Bytes per piece of an unpacked member (fewer, larger pieces: less work per member)."""
 
 Store = Callable[[str, str, IO[bytes], int], "Path | None"]
 """``store(sop_uid, key, member, size)``: file one member (checked); its path, or None if another download
@@ -87,20 +88,20 @@ class Staging:
     def stage(self, name: str, pieces: Iterable[bytes]) -> Staged:
         """Take in one member, computing its MD5 as the pieces arrive. CacheError if it cannot be written."""
         digest = hashlib.md5(usedforsecurity=False)
-        buf = bytearray()
+        held: list[bytes] = []
         spill: IO[bytes] | None = None
         size = 0
         try:
             for piece in pieces:
                 digest.update(piece)
                 size += len(piece)
-                if spill is None and self.in_memory + len(buf) + len(piece) <= self._memory:
-                    buf += piece
+                if spill is None and self.in_memory + size <= self._memory:
+                    held.append(piece)
                     continue
                 if spill is None:
                     spill = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115 (Staged owns it)
-                    spill.write(buf)
-                    buf = bytearray()
+                    spill.writelines(held)
+                    held = []
                 spill.write(piece)
             if spill is not None:
                 spill.seek(0)
@@ -113,8 +114,11 @@ class Staging:
             if spill is not None:
                 spill.close()
             raise
-        self.in_memory += len(buf)
-        return Staged(name, io.BytesIO(buf), size, digest.hexdigest(), len(buf))
+        self.in_memory += size
+        # A BytesIO made from bytes shares them: the member is held once, not copied again.
+        return Staged(
+            name, io.BytesIO(held[0] if len(held) == 1 else b"".join(held)), size, digest.hexdigest(), size
+        )
 
     def discard(self, staged: Staged) -> None:
         """Free a member's bytes (filed or dropped)."""
@@ -149,7 +153,8 @@ def file_series(
     spill_dir: Path | None = None,
 ) -> set[str]:
     """Unpack the ZIP ``chunks`` of ``series_uid``, filing each verified member whose SOPInstanceUID is a key
-    of ``keys`` (SOPInstanceUID -> cache key) with ``store`` and handing it to ``claim``'s waiters at once.
+    of ``keys`` (SOPInstanceUID -> cache key; members verified together are filed in its order) with ``store``
+    and handing it to ``claim``'s waiters at once.
 
     ``md5_of``: one instance's MD5 from the server, asked for a staged member a reader is waiting for
     (``waiting()``: the SOPInstanceUIDs readers wait for now) and, with ``verify``, for the members of a ZIP
@@ -195,7 +200,7 @@ class _Filing:
         complete = False
         try:
             try:
-                for raw_name, _size, pieces in stream_unzip(self._watching(source)):
+                for raw_name, _size, pieces in stream_unzip(self._watching(source), chunk_size=UNZIP_CHUNK):
                     name = raw_name.decode("utf-8", "replace")
                     if name.rsplit("/", 1)[-1].lower() == MD5_MEMBER:
                         hashes = parse_md5_csv(b"".join(pieces))
@@ -293,8 +298,8 @@ class _Filing:
                 self.series_uid,
                 " (one MD5 request each)" if self.verify and self.md5_of is not None else "",
             )
-        while self.staged:
-            sop = next(iter(self.staged))
+        # In the order of ``keys`` (the listing's, which a reader walking the series follows), not the ZIP's.
+        for sop in [sop for sop in self.keys if sop in self.staged]:
             staged = self.staged.pop(sop)
             if hashes is not None:
                 expected = hashes.get(staged.name, hashes.get(staged.name.rsplit("/", 1)[-1]))
@@ -353,26 +358,27 @@ class _Filing:
 
 
 def _sop_of(member: IO[bytes], size: int) -> str | None:
-    """The SOPInstanceUID in a member's header: the element walk for a small member, pydicom (stopping before
-    the pixels) for a larger one; None when unreadable. Leaves ``member`` rewound."""
-    member.seek(0)
-    if size > SPOOL_IN_MEMORY:
-        sop = read_sop_instance_uid(member)
-        member.seek(0)
-        return sop
-    data = member.read()
-    member.seek(0)
+    """The SOPInstanceUID in a member's header (its completeness is the store's check), None when unreadable.
+    Leaves ``member`` rewound."""
     try:
-        return complete_sop_instance_uid(data)
-    except BadResponseError as exc:
+        if isinstance(member, io.BytesIO):
+            return header_sop_instance_uid(member.getvalue())
+        member.seek(0)
+        with mmap.mmap(member.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return header_sop_instance_uid(buf)
+    except (BadResponseError, OSError, ValueError) as exc:
         log.debug("ZIP member unreadable: %s", exc)
         return None
+    finally:
+        member.seek(0)
 
 
 def copy_member(member: IO[bytes]) -> Callable[[IO[bytes]], int]:
     """A writer for :meth:`~nbiafs.fs.instance_cache.InstanceCache.store` copying ``member``."""
 
     def write(out: IO[bytes]) -> int:
+        if isinstance(member, io.BytesIO):
+            return out.write(member.getvalue())
         member.seek(0)
         start = out.tell()
         shutil.copyfileobj(member, out, 1 << 20)

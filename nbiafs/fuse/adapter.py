@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from cachetools import TTLCache
 
 from nbiafs.errors import AccessDeniedError, NbiaError, NotFoundError
-from nbiafs.fuse.library import CAN_INVALIDATE, invalidate_path, mfusepy
+from nbiafs.fuse.library import CAN_INVALIDATE, adopt_thread, invalidate_path, mfusepy
 
 if TYPE_CHECKING:
     from nbiafs.fs.tree import ArchiveTree
@@ -78,10 +78,12 @@ def kernel_timeout(listing_ttl: float) -> float:
 
 def _errno_boundary(func: F) -> F:
     """Turn every exception raised by an operation into an errno: an NbiaError's own ``errno`` (see
-    :mod:`nbiafs.errors`), EIO with a logged traceback for anything unexpected."""
+    :mod:`nbiafs.errors`), EIO with a logged traceback for anything unexpected. Also keeps the worker
+    thread's Python state (:func:`~nbiafs.fuse.library.adopt_thread`)."""
 
     @functools.wraps(func)
     def wrapper(self: NbiaFuse, path: str | None, *args: Any) -> Any:
+        adopt_thread()
         try:
             return func(self, path, *args)
         except mfusepy.FuseOSError:

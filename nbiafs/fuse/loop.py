@@ -69,6 +69,7 @@ AVAILABLE: bool = bool(
             "fuse_loop_mt_312",
             "fuse_loop_cfg_create",
             "fuse_loop_cfg_set_max_threads",
+            "fuse_loop_cfg_set_idle_threads",
         )
     )
 )
@@ -105,6 +106,8 @@ if AVAILABLE:
     _lib.fuse_loop_cfg_destroy.restype = None
     _lib.fuse_loop_cfg_set_max_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
     _lib.fuse_loop_cfg_set_max_threads.restype = None
+    _lib.fuse_loop_cfg_set_idle_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    _lib.fuse_loop_cfg_set_idle_threads.restype = None
     _lib.fuse_loop_mt_312.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     _lib.fuse_loop_mt_312.restype = ctypes.c_int
     _lib.fuse_opt_free_args.argtypes = [ctypes.POINTER(_FuseArgs)]
@@ -232,6 +235,9 @@ def _serve(control: LoopControl, fuse: int, mountpoint: str) -> tuple[int, bool]
         _lib.fuse_unmount(fuse)
         return 7, True
     _lib.fuse_loop_cfg_set_max_threads(config, control.max_threads)
+    # Idle workers are kept rather than ended and started again with the next burst of requests: a new thread
+    # costs more than the request, and each keeps its Python thread state (library.adopt_thread).
+    _lib.fuse_loop_cfg_set_idle_threads(config, control.max_threads)
     result: dict[str, int] = {}
 
     def loop() -> None:
