@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -35,6 +36,9 @@ PRUNE_AGE = 30 * 86400.0
 """Rows older than this (seconds) are deleted when a store is opened, so the file does not grow forever."""
 BUSY_TIMEOUT = 10.0
 """Seconds a statement waits for another process's write lock before the store gives up (a miss)."""
+KEYS_REFRESH = 1.0
+"""Seconds a key this process has not seen is taken as absent without asking SQLite (rows written since by
+another connection are read every this often; see :class:`_Database`)."""
 
 _SCHEMA_VERSION = 1
 _SEP = "\x1f"
@@ -46,11 +50,18 @@ _RECORD_TYPES: dict[str, type[Any]] = {
 
 
 class _Database:
-    """One shared connection; a lock serialises its use (sqlite3 connections are not thread-safe)."""
+    """One shared connection; a lock serialises its use (sqlite3 connections are not thread-safe).
+
+    It keeps the keys of the table in memory (read once, then only the rows written since, by rowid, at most
+    every ``KEYS_REFRESH`` seconds), so a key never stored (every listing of a cold walk) costs no query. A row
+    another process wrote may be missed (a reused rowid): at worst that listing is asked of the server again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self._keys: set[str] | None = None  # None: not read yet (or to be read again)
+        self._last_rowid = 0
+        self._keys_read = -math.inf  # time.monotonic() of the last read
         # Create the file ourselves so it is private (0600) before SQLite opens it.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
@@ -73,6 +84,46 @@ class _Database:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+    def absent(self, key: str) -> bool:
+        """Whether ``key`` certainly has no row, as far as the keys in memory tell (no lock, no query)."""
+        keys = self._keys
+        return keys is not None and key not in keys and time.monotonic() - self._keys_read < KEYS_REFRESH
+
+    def may_hold(self, key: str) -> bool:
+        """Whether ``key`` may have a row (False: certainly none, or none another connection wrote more than
+        ``KEYS_REFRESH`` seconds ago). Call with ``lock`` held; raises sqlite3.Error."""
+        keys = self._keys
+        if keys is not None and key in keys:
+            return True
+        now = time.monotonic()
+        if keys is not None and now - self._keys_read < KEYS_REFRESH:
+            return False
+        # A replaced row gets a new rowid: the rows past the last one read are all those written since.
+        since = 0 if keys is None else self._last_rowid
+        rows = self.conn.execute("SELECT rowid, key FROM listings WHERE rowid > ?", (since,)).fetchall()
+        if keys is None:
+            keys = self._keys = set()
+        for rowid, stored in rows:
+            keys.add(str(stored))
+            self._last_rowid = max(self._last_rowid, int(rowid))
+        self._keys_read = now
+        return key in keys
+
+    def wrote(self, key: str) -> None:
+        """This connection wrote ``key``'s row (call with ``lock`` held)."""
+        if self._keys is not None:
+            self._keys.add(key)
+
+    def deleted(self, key: str) -> None:
+        """This connection deleted ``key``'s row (call with ``lock`` held)."""
+        if self._keys is not None:
+            self._keys.discard(key)
+
+    def forget_keys(self) -> None:
+        """Rows were deleted: read the keys again when next needed (call with ``lock`` held)."""
+        self._keys = None
+        self._last_rowid = 0
 
 
 class MetaStore:
@@ -123,10 +174,15 @@ class MetaStore:
         A row stamped in the future (clock stepped back) counts as stale.
         """
         now = time.time() if now is None else now
+        full = self._key(key)
+        if self._db.absent(full):
+            return None
         try:
             with self._db.lock:
+                if not self._db.may_hold(full):
+                    return None
                 row = self._db.conn.execute(
-                    "SELECT fetched_at, version, value FROM listings WHERE key = ?", (self._key(key),)
+                    "SELECT fetched_at, version, value FROM listings WHERE key = ?", (full,)
                 ).fetchone()
         except sqlite3.Error as exc:
             log.warning("metadata store read failed (%s); treating %r as not cached", exc, key)
@@ -152,10 +208,12 @@ class MetaStore:
             return
         try:
             with self._db.lock:
+                full = self._key(key)
                 self._db.conn.execute(
                     "INSERT OR REPLACE INTO listings (key, fetched_at, version, value) VALUES (?, ?, ?, ?)",
-                    (self._key(key), stamp, _SCHEMA_VERSION, text),
+                    (full, stamp, _SCHEMA_VERSION, text),
                 )
+                self._db.wrote(full)
         except sqlite3.Error as exc:
             log.warning("metadata store write failed (%s); %r not persisted", exc, key)
 
@@ -178,7 +236,9 @@ class MetaStore:
         """Forget ``key`` (no error if absent)."""
         try:
             with self._db.lock:
-                self._db.conn.execute("DELETE FROM listings WHERE key = ?", (self._key(key),))
+                full = self._key(key)
+                self._db.conn.execute("DELETE FROM listings WHERE key = ?", (full,))
+                self._db.deleted(full)
         except sqlite3.Error as exc:
             log.warning("metadata store delete failed: %s", exc)
 
@@ -188,6 +248,7 @@ class MetaStore:
         try:
             with self._db.lock:
                 cur = self._db.conn.execute("DELETE FROM listings WHERE fetched_at < ?", (cutoff,))
+                self._db.forget_keys()
                 return max(cur.rowcount, 0)
         except sqlite3.Error as exc:
             log.warning("metadata store prune failed: %s", exc)
@@ -222,6 +283,7 @@ class MetaStore:
                     )
                 else:
                     self._db.conn.execute("DELETE FROM listings")
+                self._db.forget_keys()
         except sqlite3.Error as exc:
             log.warning("metadata store clear failed: %s", exc)
 

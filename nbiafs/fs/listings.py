@@ -223,9 +223,11 @@ class ListingCache:
         if not self.connectivity.online:
             return self._stale_or_raise(key, kind, None)
 
+        fetched: list[Listing[R]] = []  # what this thread fetched as the flight's leader, to persist
+
         def lead() -> Listing[R]:
-            # Another leader may have finished between our cache check and this flight.
-            again = self._remembered(key, kind, fresh_after)
+            # Another leader may have finished between our cache check and this flight (into memory).
+            again = self._in_memory(key, fresh_after)
             if again is not None:
                 return again
             where = key.replace(_SEP, "/")
@@ -243,16 +245,20 @@ class ListingCache:
             answer = Listing(self._clock(), rows)
             with self._lock:
                 remember(self._answers, key, answer)
-            if self._store is not None and rows:  # an empty answer is never kept on disk
-                self._store.put(key, encode_records(answer.rows), fetched_at=answer.fetched_at)
-            if on_fresh is not None:
-                on_fresh(answer)
+            fetched.append(answer)
             return answer
 
         try:
-            return self._flights.run(key, lead, FLIGHT_WAIT)
+            answer = self._flights.run(key, lead, FLIGHT_WAIT)
         except UnavailableError as exc:
             return self._stale_or_raise(key, kind, exc)
+        if fetched:
+            # Persisted once the threads waiting for the answer have it (they find it in memory meanwhile).
+            if self._store is not None and answer.rows:  # an empty answer is never kept on disk
+                self._store.put(key, encode_records(answer.rows), fetched_at=answer.fetched_at)
+            if on_fresh is not None:
+                on_fresh(answer)
+        return answer
 
     def _stale_or_raise(self, key: str, kind: type[R], exc: UnavailableError | None) -> Listing[R]:
         """Any cached answer of ``key`` whatever its age (the server cannot be reached), else the error."""
@@ -267,14 +273,19 @@ class ListingCache:
         raise UnavailableError(f"offline, and {key.replace(_SEP, '/')!r} was never listed")
 
     def _remembered(self, key: str, kind: type[R], fresh_after: float) -> Listing[R] | None:
+        hit = self._in_memory(key, fresh_after)
+        if hit is not None or self._store is None:
+            return hit
+        return self._stored(key, kind, self._ttl, fresh_after, self._clock())
+
+    def _in_memory(self, key: str, fresh_after: float) -> Listing[Any] | None:
+        """The fresh answer of ``key`` held in memory (stored by ``_answer`` with the same key, hence kind)."""
         now = self._clock()
         with self._lock:
             hit = self._answers.get(key)
         if hit is not None and fresh_after <= hit.fetched_at <= now + 1.0 and now < self.expires(hit):
-            return hit  # only ever stored by ``_answer`` with the same key, hence the same kind
-        if self._store is None:
-            return None
-        return self._stored(key, kind, self._ttl, fresh_after, now)
+            return hit
+        return None
 
     def _stale(self, key: str, kind: type[R]) -> Listing[R] | None:
         now = self._clock()

@@ -125,6 +125,7 @@ LISTINGS_AHEAD = 256
 _LEVELS = 4  # collection, patient, study, series: the directories above instances
 _FAR = 1 << 30  # the position of a name not (yet) in a listing
 _FAST_PATHS = 65_536  # resolved paths the warm path remembers (see "fast paths" in ArchiveTree)
+_MEMORY_POSITIONS = 4096  # series directories whose walk position is remembered (see _series_position)
 _FAST_TOUCH = 60.0  # seconds between two uses of a warm instance counted by the disk cache's LRU
 
 
@@ -307,10 +308,13 @@ class ArchiveTree:
         self._zipped: LRUCache[str, bool] = LRUCache(maxsize=1024)  # series streamed as a ZIP
         self._walked: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=1024)  # series a reader walked
         self._listed: LRUCache[tuple[str, ...], bool] = LRUCache(maxsize=4096)  # directories listed
+        self._building: dict[tuple[str, ...], int] = {}  # directories being built now -> by how many threads
         self._dir_walks: LRUCache[tuple[str, ...], _DirWalk] = LRUCache(maxsize=64)
         # The warm path's resolutions (see the section "fast paths" at the end of the class).
         self._fast: LRUCache[str, ArchiveTree._Resolved] = LRUCache(maxsize=_FAST_PATHS)
         self._fast_lock = threading.Lock()
+        self._positions: dict[tuple[str, ...], Priority] = {}  # series directory -> _position (a plain dict:
+        # its get and set are atomic, and a lost insert only costs a recomputation)
         self.changes = Changes()
         self._freshness = FreshnessPoller(
             client.updated_series,
@@ -512,19 +516,26 @@ class ArchiveTree:
         if self.connectivity.online and not self._cached(sop_uid):
             self._fetch(series_uid, sop_uid, 0)
 
-    def _note_open(self, series_parts: tuple[str, ...], entry: _Entry) -> None:
-        """Tell read-ahead which instance of its series (in readdir order) is being opened."""
-        with self._lock:
-            listing = self._dirs.get(series_parts)
+    def _note_open(self, series_parts: tuple[str, ...], entry: _Entry, listing: _Dir | None = None) -> None:
+        """Tell read-ahead which instance of its series (in readdir order) is being opened (``listing``: the
+        series' listing, if the caller holds it)."""
+        if listing is None:
+            with self._lock:
+                listing = self._dirs.get(series_parts)
         if listing is None or listing.positions is None:
             return
         index = listing.positions.get(entry.name)
         if index is None:
             return
-        with self._walk_lock:
-            self._series_seen[entry.series_uid] = (series_parts, entry.series)
+        if entry.series_uid not in self._series_seen:  # a read, no LRU update: cheap without the lock
+            with self._walk_lock:
+                self._series_seen[entry.series_uid] = (series_parts, entry.series)
         started = self._readahead.opened(
-            entry.series_uid, listing.sop_uids, index, _estimate(entry.series), self._position(series_parts)
+            entry.series_uid,
+            listing.sop_uids,
+            index,
+            _estimate(entry.series),
+            self._series_position(series_parts),
         )
         if index == len(listing.sop_uids) - 1 and len(series_parts) == _LEVELS:
             with self._walk_lock:  # read to its end (a series of one instance is never "walked")
@@ -539,6 +550,17 @@ class ArchiveTree:
             )
 
     # --- fetch strategy -----------------------------------------------------------------------------------
+
+    def _series_position(self, parts: tuple[str, ...]) -> Priority:
+        """:meth:`_position` of a series directory, remembered (it orders background work only, so one
+        computed before a re-listing of its parents is still good enough); every open asks it."""
+        position = self._positions.get(parts)
+        if position is None:
+            position = self._position(parts)
+            if len(self._positions) >= _MEMORY_POSITIONS:
+                self._positions.clear()
+            self._positions[parts] = position
+        return position
 
     def _position(self, parts: Sequence[str]) -> Priority:
         """Where ``parts`` is in a depth-first walk of the tree: each name's index in its listing (held in
@@ -757,10 +779,12 @@ class ArchiveTree:
         child)."""
 
         def job() -> None:
-            if walk is not None and not walk.may_run(job_key, self._position(parts), job):
+            if walk is not None and not walk.may_run(job_key, lambda: self._position(parts), job):
                 return
             if not self.connectivity.online:
                 return
+            if len(parts) == _LEVELS and parts in self._building:
+                return  # being listed by another thread: no need to hold a worker waiting for it
             entry = self._resolve_parts(parts)
             if entry.kind == "instance":
                 return
@@ -825,7 +849,15 @@ class ArchiveTree:
         fresh = cached is not None and cached.fetched_at >= fresh_after
         if cached is not None and fresh and not (cached.stale and self.connectivity.online):
             return cached
-        built = self._build(entry, fresh_after)
+        with self._lock:
+            self._building[parts] = self._building.get(parts, 0) + 1
+        try:
+            built = self._build(entry, fresh_after)
+        finally:
+            with self._lock:
+                count = self._building.pop(parts)
+                if count > 1:
+                    self._building[parts] = count - 1
         with self._lock:
             remember(self._dirs, parts, built)
         return built
@@ -1163,7 +1195,7 @@ class ArchiveTree:
             resolved.local, resolved.touched = local, now
             if local is None:
                 return None
-        self._note_open(resolved.parent, entry)
+        self._note_open(resolved.parent, entry, resolved.listing)
         return local
 
 
@@ -1190,14 +1222,19 @@ class _DirWalk:
         self._ahead = 0
         self._parked: list[tuple[tuple[Any, ...], Priority, Callable[[], None]]] = []
 
-    def may_run(self, key: tuple[Any, ...], priority: Priority, job: Callable[[], None]) -> bool:
-        """Whether a listing job may run now; if not, it is parked until the walker catches up."""
+    def may_run(
+        self, key: tuple[Any, ...], priority: Callable[[], Priority], job: Callable[[], None]
+    ) -> bool:
+        """Whether a listing job may run now; if not, it is parked (at ``priority()``) until the walker catches
+        up."""
         with self._lock:
-            if self._ahead >= LISTINGS_AHEAD:
-                self._parked.append((key, priority, job))
-                return False
-            self._ahead += 1
-            return True
+            if self._ahead < LISTINGS_AHEAD:
+                self._ahead += 1
+                return True
+        parked = (key, priority(), job)
+        with self._lock:
+            self._parked.append(parked)
+        return False
 
     def walker_listed(self) -> None:
         """The walker listed a directory below: one more listing may run ahead."""

@@ -126,3 +126,18 @@ def test_records_round_trip() -> None:
         decode_records([{"type": "Nope", "fields": {}, "raw": {}}])
     with pytest.raises(ValueError):
         decode_records({"not": "a list"})
+
+
+def test_a_row_another_connection_writes_is_seen_once_the_keys_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with MetaStore(tmp_path) as a, MetaStore(tmp_path) as b:
+        assert a.get("k", 60) is None  # a has read the keys: none
+        b.put("k", [1])
+        assert b.get("k", 60) is not None  # its own write, at once
+        monkeypatch.setattr("nbiafs.fs.listing_store.KEYS_REFRESH", 0.0)
+        assert stored(a, "k")[1] == [1]  # read since the last rowid a saw
+        b.delete("k")
+        assert a.get("k", 60) is None
+        b.put("k", [2])
+        assert stored(a, "k")[1] == [2]
